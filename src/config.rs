@@ -1,0 +1,124 @@
+//! Command-line and environment configuration: one clap-derived struct, every flag with a
+//! `YCORD_*` environment variable, defaults in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::room::RoomConfig;
+
+/// ycord: a collaborative document sync server for Yjs clients.
+#[derive(Debug, Parser)]
+#[command(name = "ycord", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the subcommand: `ycord` alone means `ycord serve`.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Yjs rooms over WebSockets (the default).
+    Serve(ServeConfig),
+}
+
+impl Cli {
+    /// The serve configuration, whether given with or without the subcommand.
+    pub fn into_serve_config(self) -> ServeConfig {
+        match self.command {
+            Some(Command::Serve(config)) => config,
+            None => self.serve,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `ycord serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "YCORD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded sled store.
+    #[arg(long, env = "YCORD_DATA_DIR", default_value = "./ycord-data")]
+    pub data_dir: PathBuf,
+
+    /// URL path under which rooms live: a client of `ws://host/base/room` joins `room`.
+    #[arg(long, env = "YCORD_BASE_PATH", default_value = "/")]
+    pub base_path: String,
+
+    /// Durability window: applied updates reach the disk within this many milliseconds.
+    #[arg(long, env = "YCORD_FLUSH_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub flush_ms: u64,
+
+    /// Seconds a room without connections stays in memory before it is compacted and unloaded.
+    #[arg(long, env = "YCORD_ROOM_IDLE_SECS", default_value_t = 30)]
+    pub room_idle_secs: u64,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
+    #[arg(long, env = "YCORD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 32))]
+    pub max_message_bytes: u64,
+
+    /// Compact a room once its update log holds this many updates.
+    #[arg(long, env = "YCORD_COMPACT_LOG_UPDATES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compact_log_updates: u64,
+
+    /// Compact a room once its update log holds this many bytes.
+    #[arg(long, env = "YCORD_COMPACT_LOG_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub compact_log_bytes: u64,
+
+    /// Seconds between WebSocket pings; a peer that answers none for two intervals is closed.
+    #[arg(long, env = "YCORD_PING_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=25))]
+    pub ping_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "YCORD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// A configuration for tests: listen on a free port, keep data in `data_dir`.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let cli = Cli::parse_from(["ycord", "--listen", "127.0.0.1:0"]);
+        ServeConfig {
+            data_dir,
+            ..cli.into_serve_config()
+        }
+    }
+
+    pub fn room_config(&self) -> RoomConfig {
+        RoomConfig {
+            compact_log_updates: self.compact_log_updates,
+            compact_log_bytes: self.compact_log_bytes,
+        }
+    }
+
+    pub fn room_idle(&self) -> Duration {
+        Duration::from_secs(self.room_idle_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+
+    /// The base path normalised to start and end with `/`.
+    pub fn normalized_base_path(&self) -> String {
+        let trimmed = self.base_path.trim_matches('/');
+        if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("/{trimmed}/")
+        }
+    }
+}

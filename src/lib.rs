@@ -1,0 +1,30 @@
+//! ycord: a collaborative document sync server for Yjs clients.
+//!
+//! # Map of the crate
+//!
+//! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
+//! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
+//! - [`room`]: one document with its awareness states, members' queues and persistence.
+//! - [`rooms`]: the registry that loads each room once and evicts idle ones.
+//! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
+//! - [`server`]: binding, routes, WebSocket sessions, graceful shutdown.
+//! - [`error`]: typed errors per domain.
+//!
+//! # The flow of one update
+//!
+//! A client's frame is decoded by [`protocol::decode_frame`]; its update is applied by
+//! [`room::Room::apply_update`] under the room's lock, which encodes the delta once, appends it
+//! to the store's log and queues the same bytes for every member; each member's session writes
+//! them to its socket. sled flushes the log within the durability window, and compaction
+//! folds the log into an lz4-compressed snapshot.
+
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod room;
+pub mod rooms;
+pub mod server;
+pub mod store;
+
+pub use config::{Cli, ServeConfig};
+pub use server::Server;

@@ -1,0 +1,65 @@
+//! The `ycord` binary: parse the configuration, set up logging, serve until SIGTERM or SIGINT.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use ycord::config::LogFormat;
+use ycord::{Cli, Server};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Cli::parse().into_serve_config();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    let server = match Server::start(config.clone()).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %server.local_addr(),
+        data_dir = %config.data_dir.display(),
+        "ycord serving: clients connect to ws://{}{}<room>",
+        server.local_addr(),
+        config.normalized_base_path()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing sockets, compacting and flushing rooms");
+    server.shutdown();
+    match server.wait().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "shutdown failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,480 @@
+//! One room: a document, its awareness states, its members' queues and its persistence.
+//!
+//! Every change to a room happens under its one `state` lock, held briefly and never across an
+//! `.await`: the update is applied, its delta encoded once, appended to the store and handed to
+//! every member's queue, all in one critical section. That keeps the order of updates identical
+//! in memory, on disk and on every socket, and means a member that joins (under the same lock)
+//! can never miss an update that happens between reading the state and subscribing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use yrs::sync::Awareness;
+use yrs::sync::awareness::AwarenessUpdate;
+use yrs::sync::time::{Clock, SystemClock};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::error::{ApplyError, StoreError};
+use crate::protocol;
+use crate::store::DocStore;
+
+/// Longest room name accepted, in bytes.
+pub const MAX_ROOM_NAME_BYTES: usize = 1024;
+
+/// Capacity of a member's document-update queue, in frames. Overflow policy: the member is
+/// removed from the room and its connection closed with 1013, so that it resyncs on reconnect.
+/// An update is never silently skipped.
+pub const UPDATE_QUEUE_CAPACITY: usize = 512;
+
+/// Capacity of a member's awareness queue, in frames. Overflow policy: the frame is dropped and
+/// the member flagged; its session then sends one full awareness state (the latest state per
+/// client) once it catches up. Presence is volatile: only the latest state matters.
+pub const AWARENESS_QUEUE_CAPACITY: usize = 64;
+
+/// An empty v1 update: what encoding a transaction that changed nothing gives.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// Identifies one connection within the server's lifetime.
+pub type ConnectionId = u64;
+
+/// Tunables of a room, taken from the server configuration.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Compact once the log holds this many updates.
+    pub compact_log_updates: u64,
+    /// Compact once the log holds this many bytes.
+    pub compact_log_bytes: u64,
+}
+
+/// Flags a room raises for one member, read by that member's session.
+#[derive(Debug, Default)]
+pub struct MemberSignals {
+    /// The member fell behind and was removed from the room: close with 1013.
+    lagged: AtomicBool,
+    /// An awareness frame was dropped for this member: send a full awareness state.
+    awareness_dropped: AtomicBool,
+}
+
+impl MemberSignals {
+    /// Whether the room removed this member for falling behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Returns and clears the "awareness dropped" flag.
+    pub fn take_awareness_dropped(&self) -> bool {
+        self.awareness_dropped.swap(false, Ordering::AcqRel)
+    }
+}
+
+struct Member {
+    updates: mpsc::Sender<Bytes>,
+    awareness: mpsc::Sender<Bytes>,
+    signals: Arc<MemberSignals>,
+}
+
+/// A member's end of the room: the queues its session drains.
+#[derive(Debug)]
+pub struct Subscription {
+    pub updates: mpsc::Receiver<Bytes>,
+    pub awareness: mpsc::Receiver<Bytes>,
+    pub signals: Arc<MemberSignals>,
+}
+
+/// What a joining member is sent first: the server's SyncStep1 and, when anyone is present, the
+/// awareness states. Separate frames (clients read one message per frame).
+#[derive(Debug)]
+pub struct Greeting {
+    pub sync_step1: Bytes,
+    pub awareness: Option<Bytes>,
+}
+
+/// The result of applying a client's update.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The update was new to the room: stored and broadcast.
+    Changed,
+    /// The room already had everything in it; nothing was stored or broadcast.
+    Unchanged,
+}
+
+struct RoomState {
+    /// Owns the room's document (`awareness.doc()`).
+    awareness: Awareness,
+    members: HashMap<ConnectionId, Member>,
+    /// Sequence number of the next update appended to the store.
+    next_seq: u64,
+    /// Updates and bytes appended since the last compaction.
+    log_updates: u64,
+    log_bytes: u64,
+}
+
+/// One collaborative document and everyone editing it.
+pub struct Room {
+    name: Arc<str>,
+    state: Mutex<RoomState>,
+    store: Arc<dyn DocStore>,
+    config: RoomConfig,
+    /// Open connections, counted by the registry (which changes it only under its slot lock,
+    /// so that eviction and joining cannot race).
+    connections: AtomicUsize,
+    /// When the last connection left (or when the room loaded).
+    idle_since: Mutex<Instant>,
+    /// Set while a compaction is scheduled or running, so that only one runs at a time.
+    compacting: AtomicBool,
+    /// Serializes compactions so that an older snapshot never overwrites a newer one.
+    compaction_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// Loads a room from the store: the snapshot, then the log in order. Blocking; the registry
+    /// calls it on the blocking pool. Corrupt records are logged and skipped.
+    pub fn load(
+        name: Arc<str>,
+        store: Arc<dyn DocStore>,
+        config: RoomConfig,
+    ) -> Result<Room, StoreError> {
+        let stored = store.load(&name)?;
+        for error in &stored.corrupt {
+            tracing::error!(room = %name, %error, "skipping unreadable stored record");
+        }
+        let doc = Doc::new();
+        let mut log_bytes = 0;
+        {
+            let mut txn = doc.transact_mut();
+            for (index, bytes) in stored.snapshot.iter().chain(stored.log.iter()).enumerate() {
+                log_bytes += bytes.len() as u64;
+                let applied = Update::decode_v1(bytes)
+                    .map_err(|error| error.to_string())
+                    .and_then(|update| txn.apply_update(update).map_err(|e| e.to_string()));
+                if let Err(error) = applied {
+                    tracing::error!(room = %name, index, %error, "skipping undecodable stored update");
+                }
+            }
+        }
+        if let Some(snapshot) = &stored.snapshot {
+            log_bytes -= snapshot.len() as u64;
+        }
+        Ok(Room {
+            state: Mutex::new(RoomState {
+                awareness: Awareness::new(doc),
+                members: HashMap::new(),
+                next_seq: stored.next_seq,
+                log_updates: stored.log.len() as u64,
+                log_bytes,
+            }),
+            name,
+            store,
+            config,
+            connections: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            compacting: AtomicBool::new(false),
+            compaction_lock: Mutex::new(()),
+        })
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        // A panic inside the critical section (a yrs bug on hostile input) must not take the
+        // room down for everyone: keep serving the state as it is.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a member. Its queues start receiving every update applied from now on, and the
+    /// greeting reflects the state just before: nothing can fall between the two.
+    pub fn subscribe(&self, connection: ConnectionId) -> (Subscription, Greeting) {
+        let (update_tx, update_rx) = mpsc::channel(UPDATE_QUEUE_CAPACITY);
+        let (awareness_tx, awareness_rx) = mpsc::channel(AWARENESS_QUEUE_CAPACITY);
+        let signals = Arc::new(MemberSignals::default());
+        let mut state = self.state();
+        state.members.insert(
+            connection,
+            Member {
+                updates: update_tx,
+                awareness: awareness_tx,
+                signals: signals.clone(),
+            },
+        );
+        let state_vector = state.awareness.doc().transact().state_vector().encode_v1();
+        let greeting = Greeting {
+            sync_step1: protocol::encode_sync_step1(&state_vector),
+            awareness: full_awareness(&state.awareness),
+        };
+        let subscription = Subscription {
+            updates: update_rx,
+            awareness: awareness_rx,
+            signals,
+        };
+        (subscription, greeting)
+    }
+
+    /// Removes a member and the awareness states it controlled, telling everyone else they are
+    /// gone (so no ghost cursors stay behind).
+    pub fn unsubscribe(&self, connection: ConnectionId, controlled: &HashSet<ClientID>) {
+        let mut state = self.state();
+        state.members.remove(&connection);
+        remove_awareness_states(&mut state, controlled.iter().copied());
+    }
+
+    /// The SyncStep2 answer to a client's SyncStep1: everything the client lacks.
+    pub fn sync_step2(&self, client_state: &StateVector) -> Bytes {
+        let state = self.state();
+        let diff = state
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(client_state);
+        protocol::encode_sync_step2(&diff)
+    }
+
+    /// Applies a client's v1 update. A new change is encoded once, appended to the store and
+    /// queued for every member (the sender included: clients ignore what they have, and the
+    /// echo is what y-websocket v4's sync status waits for). An invalid update changes nothing.
+    pub fn apply_update(self: &Arc<Self>, update: &[u8]) -> Result<Applied, ApplyError> {
+        let decoded = Update::decode_v1(update)
+            .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
+        let mut state = self.state();
+        let delta = {
+            let mut txn = state.awareness.doc().transact_mut();
+            txn.apply_update(decoded)
+                .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
+            txn.encode_update_v1()
+        };
+        if delta == EMPTY_UPDATE {
+            return Ok(Applied::Unchanged);
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.log_updates += 1;
+        state.log_bytes += delta.len() as u64;
+        let stored = self.store.append(&self.name, seq, &delta);
+        let frame = protocol::encode_update(&delta);
+        broadcast_update(&mut state, &frame);
+        let compaction_due = state.log_updates >= self.config.compact_log_updates
+            || state.log_bytes >= self.config.compact_log_bytes;
+        drop(state);
+        // Members already have the change; a store failure is reported to the caller, which
+        // closes its connection with an internal error.
+        stored?;
+        if compaction_due {
+            self.schedule_compaction();
+        }
+        Ok(Applied::Changed)
+    }
+
+    /// Applies a client's awareness update and relays it to every member. The client IDs it
+    /// sets are recorded in `controlled`, so that they are removed when the connection ends.
+    pub fn apply_awareness(
+        &self,
+        payload: &[u8],
+        controlled: &mut HashSet<ClientID>,
+    ) -> Result<(), ApplyError> {
+        let update = AwarenessUpdate::decode_v1(payload)
+            .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
+        for (client, entry) in &update.clients {
+            if &*entry.json == "null" {
+                controlled.remove(client);
+            } else {
+                controlled.insert(*client);
+            }
+        }
+        let mut state = self.state();
+        let summary = state
+            .awareness
+            .apply_update_summary(update)
+            .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
+        if summary.is_some() {
+            broadcast_awareness(&mut state, protocol::encode_awareness(payload));
+        }
+        Ok(())
+    }
+
+    /// Every present awareness state in one message, or `None` when nobody is present.
+    pub fn awareness_snapshot(&self) -> Option<Bytes> {
+        full_awareness(&self.state().awareness)
+    }
+
+    /// Removes awareness states not renewed within `max_age` (clients renew every 15 s; a
+    /// browser that vanished without a close frame stops renewing) and broadcasts the removal.
+    pub fn expire_awareness(&self, max_age: Duration) {
+        let mut state = self.state();
+        let now = SystemClock.now();
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let expired: Vec<ClientID> = state
+            .awareness
+            .iter()
+            .filter(|(_, client)| {
+                client.data.is_some() && now.saturating_sub(client.last_updated) > max_age_ms
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if !expired.is_empty() {
+            tracing::debug!(room = %self.name, count = expired.len(), "expiring awareness states");
+            remove_awareness_states(&mut state, expired);
+        }
+    }
+
+    /// Connections currently open on this room.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Counts a new connection. Called by the registry under its slot lock.
+    pub(crate) fn add_connection(&self) {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a closed connection and starts the idle clock when it was the last.
+    pub(crate) fn remove_connection(&self) {
+        if self.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+    }
+
+    /// How long the room has had no connection, or `None` while it has some.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.connection_count() > 0 {
+            return None;
+        }
+        Some(
+            self.idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed(),
+        )
+    }
+
+    /// Runs a compaction on the blocking pool unless one is already scheduled.
+    pub fn schedule_compaction(self: &Arc<Self>) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let room = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = room.compact() {
+                tracing::error!(room = %room.name, %error, "compaction failed");
+            }
+            room.compacting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Writes the whole document as a snapshot and drops the log entries it covers. Blocking.
+    ///
+    /// The document is encoded under the state lock (a read transaction); compressing and
+    /// writing happen after it is released, so edits keep flowing. Updates appended meanwhile
+    /// have higher sequence numbers and stay in the log.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self
+            .compaction_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (snapshot, through_seq) = {
+            let mut state = self.state();
+            if state.log_updates == 0 {
+                return Ok(());
+            }
+            let snapshot = state
+                .awareness
+                .doc()
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
+            state.log_updates = 0;
+            state.log_bytes = 0;
+            // `next_seq` is never 0 here: `log_updates > 0` means something was appended or loaded.
+            (snapshot, state.next_seq.saturating_sub(1))
+        };
+        self.store.compact(&self.name, &snapshot, through_seq)?;
+        tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
+        Ok(())
+    }
+
+    /// The whole document as one v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.state()
+            .awareness
+            .doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+}
+
+/// Queues a document-update frame for every member. A member whose queue is full is removed
+/// and flagged as lagged; its session closes it with 1013.
+fn broadcast_update(state: &mut RoomState, frame: &Bytes) {
+    state
+        .members
+        .retain(|_, member| match member.updates.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                member.signals.lagged.store(true, Ordering::Release);
+                false
+            }
+            // The session is gone and will unsubscribe; nothing to keep.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+}
+
+/// Queues an awareness frame for every member; on a full queue the frame is dropped for that
+/// member and the member flagged, so that its session sends the full state later.
+fn broadcast_awareness(state: &mut RoomState, frame: Bytes) {
+    for member in state.members.values() {
+        if let Err(mpsc::error::TrySendError::Full(_)) = member.awareness.try_send(frame.clone()) {
+            member
+                .signals
+                .awareness_dropped
+                .store(true, Ordering::Release);
+        }
+    }
+}
+
+fn remove_awareness_states(state: &mut RoomState, clients: impl IntoIterator<Item = ClientID>) {
+    let present: HashSet<ClientID> = state
+        .awareness
+        .iter()
+        .filter(|(_, client_state)| client_state.data.is_some())
+        .map(|(id, _)| id)
+        .collect();
+    let removed: Vec<ClientID> = clients
+        .into_iter()
+        .filter(|id| present.contains(id))
+        .collect();
+    for client in &removed {
+        state.awareness.remove_state(*client);
+    }
+    if removed.is_empty() {
+        return;
+    }
+    match state.awareness.update_with_clients(removed) {
+        Ok(update) => broadcast_awareness(state, protocol::encode_awareness(&update.encode_v1())),
+        Err(error) => tracing::error!(%error, "encoding awareness removal failed"),
+    }
+}
+
+fn full_awareness(awareness: &Awareness) -> Option<Bytes> {
+    let update = awareness.update().ok()?;
+    if update.clients.is_empty() {
+        return None;
+    }
+    Some(protocol::encode_awareness(&update.encode_v1()))
+}

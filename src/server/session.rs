@@ -1,0 +1,304 @@
+//! One WebSocket connection to one room: the handshake, the read loop, the writer, keepalive
+//! and the close.
+//!
+//! A single task owns the socket and selects over: inbound frames, the room's update queue, the
+//! room's awareness queue, the ping timer and the shutdown token. Every send is bounded in time,
+//! so a peer that stops reading cannot hold the task forever; meanwhile its update queue fills
+//! and the room drops it (close 1013).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use warp::ws::{Message, WebSocket};
+use yrs::ClientID;
+
+use crate::error::ApplyError;
+use crate::protocol::{self, Inbound};
+use crate::room::{ConnectionId, Room, Subscription};
+use crate::rooms::RoomLease;
+
+/// Longest a single send may take before the peer is considered gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most queued frames written before one flush.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
+mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Per-session settings taken from the server configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connection: ConnectionId,
+    pub ping_interval: Duration,
+    pub max_message_bytes: u64,
+    pub shutdown: CancellationToken,
+}
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// Close the socket with this code and reason.
+    Close(u16, String),
+    /// The peer is gone (closed, reset, or stopped answering): nothing to send.
+    Gone,
+}
+
+/// Runs a session until the peer leaves, misbehaves or the server shuts down.
+pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
+    let span = tracing::info_span!("session", room = %lease.room().name(), connection = settings.connection);
+    async move {
+        tracing::debug!("connected");
+        let room = lease.room().clone();
+        let (subscription, greeting) = room.subscribe(settings.connection);
+        let mut session = Session {
+            socket,
+            room,
+            controlled: HashSet::new(),
+            last_heard: Instant::now(),
+        };
+        let end = session.serve(subscription, greeting, &settings).await;
+        session
+            .room
+            .unsubscribe(settings.connection, &session.controlled);
+        match &end {
+            End::Close(code, reason) => {
+                tracing::debug!(code, %reason, "closing");
+                let close = Message::close_with(*code, reason.clone());
+                let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
+            }
+            End::Gone => tracing::debug!("peer gone"),
+        }
+        drop(lease);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    socket: WebSocket,
+    room: std::sync::Arc<Room>,
+    /// Awareness client IDs this connection set; removed from the room when it ends.
+    controlled: HashSet<ClientID>,
+    /// When the peer last sent anything (a pong included).
+    last_heard: Instant,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut subscription: Subscription,
+        greeting: crate::room::Greeting,
+        settings: &Settings,
+    ) -> End {
+        if let Err(end) = self.send(greeting.sync_step1).await {
+            return end;
+        }
+        if let Some(awareness) = greeting.awareness {
+            if let Err(end) = self.send(awareness).await {
+                return end;
+            }
+        }
+        let mut ping = tokio::time::interval(settings.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            if subscription.signals.lagged() {
+                return lagged();
+            }
+            let step = tokio::select! {
+                _ = settings.shutdown.cancelled() => {
+                    Err(End::Close(close_code::GOING_AWAY, "server shutting down".into()))
+                }
+                inbound = self.socket.next() => self.receive(inbound, settings).await,
+                frame = subscription.updates.recv() => match frame {
+                    Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
+                    // The room dropped us: either we lagged or the room is gone.
+                    None if subscription.signals.lagged() => Err(lagged()),
+                    None => Err(End::Close(close_code::GOING_AWAY, "room closed".into())),
+                },
+                frame = subscription.awareness.recv() => match frame {
+                    Some(frame) => self.send_awareness(frame, &mut subscription).await,
+                    None => Ok(()),
+                },
+                _ = ping.tick() => self.keepalive(settings.ping_interval).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn receive(
+        &mut self,
+        inbound: Option<Result<Message, warp::Error>>,
+        settings: &Settings,
+    ) -> Result<(), End> {
+        let message = match inbound {
+            None => return Err(End::Gone),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Err(read_error(error, settings.max_message_bytes)),
+        };
+        self.last_heard = Instant::now();
+        if message.is_binary() {
+            self.handle_frame(message.as_bytes()).await
+        } else if message.is_text() {
+            tracing::warn!("text frame received");
+            Err(End::Close(
+                close_code::UNSUPPORTED_DATA,
+                "text frames are not part of the protocol; send binary".into(),
+            ))
+        } else if message.is_close() {
+            Err(End::Gone)
+        } else {
+            // Pings are answered by the WebSocket layer; pongs only refresh `last_heard`.
+            Ok(())
+        }
+    }
+
+    /// Handles every message of one inbound frame, in order.
+    async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), End> {
+        for message in protocol::decode_frame(frame) {
+            let message = message.map_err(|error| {
+                tracing::warn!(%error, "malformed message");
+                End::Close(
+                    close_code::INVALID_PAYLOAD,
+                    format!("malformed message: {error}"),
+                )
+            })?;
+            match message {
+                Inbound::SyncStep1(state_vector) => {
+                    let reply = self.room.sync_step2(&state_vector);
+                    self.send(reply).await?;
+                }
+                Inbound::SyncStep2(update) | Inbound::Update(update) => {
+                    self.room.apply_update(update).map_err(apply_error)?;
+                }
+                Inbound::Awareness(payload) => {
+                    self.room
+                        .apply_awareness(payload, &mut self.controlled)
+                        .map_err(apply_error)?;
+                }
+                Inbound::QueryAwareness => {
+                    if let Some(snapshot) = self.room.awareness_snapshot() {
+                        self.send(snapshot).await?;
+                    }
+                }
+                Inbound::Auth => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one queued update frame and whatever else is already queued, then flushes once.
+    async fn send_queued(
+        &mut self,
+        first: Bytes,
+        queue: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> Result<(), End> {
+        Self::bounded(self.socket.feed(Message::binary(first))).await?;
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            match queue.try_recv() {
+                Ok(frame) => Self::bounded(self.socket.feed(Message::binary(frame))).await?,
+                Err(_) => break,
+            }
+        }
+        Self::bounded(self.socket.flush()).await
+    }
+
+    /// Sends an awareness frame; if frames were dropped for us meanwhile, sends the room's full
+    /// awareness state instead, which supersedes everything dropped.
+    async fn send_awareness(
+        &mut self,
+        frame: Bytes,
+        subscription: &mut Subscription,
+    ) -> Result<(), End> {
+        if subscription.signals.take_awareness_dropped() {
+            while subscription.awareness.try_recv().is_ok() {}
+            match self.room.awareness_snapshot() {
+                Some(snapshot) => self.send(snapshot).await,
+                None => self.send(frame).await,
+            }
+        } else {
+            self.send(frame).await
+        }
+    }
+
+    async fn keepalive(&mut self, interval: Duration) -> Result<(), End> {
+        if self.last_heard.elapsed() > interval * 2 {
+            tracing::info!("peer stopped answering pings");
+            return Err(End::Gone);
+        }
+        Self::bounded(self.socket.send(Message::ping(Bytes::new()))).await
+    }
+
+    async fn send(&mut self, frame: Bytes) -> Result<(), End> {
+        Self::bounded(self.socket.send(Message::binary(frame))).await
+    }
+
+    async fn bounded(
+        operation: impl std::future::Future<Output = Result<(), warp::Error>>,
+    ) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, operation).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "send failed");
+                Err(End::Gone)
+            }
+            Err(_) => {
+                tracing::info!("send timed out; peer is not reading");
+                Err(End::Gone)
+            }
+        }
+    }
+}
+
+fn lagged() -> End {
+    tracing::info!("client fell behind the room; closing so that it resyncs");
+    End::Close(
+        close_code::TRY_AGAIN_LATER,
+        "fell behind the room; reconnect to resync".into(),
+    )
+}
+
+fn apply_error(error: ApplyError) -> End {
+    match error {
+        ApplyError::InvalidUpdate(_) | ApplyError::InvalidAwareness(_) => {
+            tracing::warn!(%error, "rejected message");
+            End::Close(close_code::INVALID_PAYLOAD, error.to_string())
+        }
+        ApplyError::Store(_) => {
+            tracing::error!(%error, "storage failed");
+            End::Close(close_code::INTERNAL_ERROR, "storage failed".into())
+        }
+    }
+}
+
+/// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
+/// tells the client not to resend it; anything else means the peer is gone.
+fn read_error(error: warp::Error, max_message_bytes: u64) -> End {
+    let too_big = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
+    if too_big {
+        tracing::warn!(max_message_bytes, "message too big");
+        End::Close(
+            close_code::MESSAGE_TOO_BIG,
+            format!("message larger than {max_message_bytes} bytes; do not resend it"),
+        )
+    } else {
+        tracing::debug!(%error, "read failed");
+        End::Gone
+    }
+}

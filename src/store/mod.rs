@@ -1,0 +1,63 @@
+//! Document storage: the [`DocStore`] trait and its sled implementation.
+//!
+//! A room's stored state is a snapshot (a full v1 update, compressed) plus an append-only log of
+//! the updates applied since. Loading applies the snapshot, then the log in order. Compaction
+//! replaces the snapshot and removes the log entries it covers, in one atomic batch.
+//!
+//! The trait is synchronous: sled's operations are in-memory until flushed, and callers run the
+//! slow ones (load, compaction, flush) on the blocking pool. A shared store (PostgreSQL) can
+//! implement the same trait later.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use crate::error::StoreError;
+
+/// What the store holds for one room.
+#[derive(Debug, Default)]
+pub struct StoredDoc {
+    /// The decompressed v1 snapshot, if the room was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// Log entries written after the snapshot, in sequence order.
+    pub log: Vec<Vec<u8>>,
+    /// The sequence number the next appended update must use.
+    pub next_seq: u64,
+    /// Records that could not be read. They are skipped: the rest of the room still loads.
+    pub corrupt: Vec<StoreError>,
+}
+
+/// Sizes of one stored room, for operators and the admin tools.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoomStats {
+    pub snapshot_bytes: u64,
+    pub log_entries: u64,
+    pub log_bytes: u64,
+}
+
+/// Persistence for room documents. Implementations must make `compact` atomic: a crash leaves
+/// either the old snapshot and log or the new ones, never a mix that loses updates.
+pub trait DocStore: Send + Sync + 'static {
+    /// Reads a room's snapshot and log. A room never stored loads as empty.
+    fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
+
+    /// Appends one update under sequence number `seq` (strictly increasing per room). Visible
+    /// to `load` at once; durable after the next flush.
+    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError>;
+
+    /// Replaces the room's snapshot with `snapshot` (a full v1 update that includes every log
+    /// entry up to `through_seq`) and removes those entries, atomically.
+    fn compact(&self, room: &str, snapshot: &[u8], through_seq: u64) -> Result<(), StoreError>;
+
+    /// Removes everything stored for the room.
+    fn delete(&self, room: &str) -> Result<(), StoreError>;
+
+    /// Makes every write so far durable. Returns the number of bytes written.
+    fn flush(&self) -> Result<usize, StoreError>;
+
+    /// Sizes of what is stored for the room.
+    fn stats(&self, room: &str) -> Result<RoomStats, StoreError>;
+
+    /// Names of every stored room, in key order.
+    fn rooms(&self) -> Result<Vec<String>, StoreError>;
+}

@@ -1,0 +1,288 @@
+//! The embedded default store, on sled.
+//!
+//! # Key layout
+//!
+//! Everything lives in one tree, `docs`, so that a compaction is one atomic [`sled::Batch`].
+//! Keys start with the room name, length-prefixed so that a room's prefix never matches
+//! another room whose name merely starts the same way (`a` and `ab`, `file:1` and `file:10`):
+//!
+//! ```text
+//! u16be(len(name)) name 0x00               -> snapshot: 0x01 u64be(through_seq) lz4(v1 update)
+//! u16be(len(name)) name 0x01 u64be(seq)    -> log entry: the raw v1 update
+//! ```
+//!
+//! The snapshot key sorts before the room's log keys, and log keys sort by sequence number, so
+//! loading a room is one prefix scan. `through_seq` is the last log sequence the snapshot
+//! includes; the next sequence number is one past the larger of it and the last log key.
+//! The snapshot payload is compressed with `lz4_flex::compress_prepend_size`.
+
+use std::path::Path;
+
+use super::{DocStore, RoomStats, StoredDoc};
+use crate::error::StoreError;
+
+const TREE: &str = "docs";
+const KIND_SNAPSHOT: u8 = 0;
+const KIND_LOG: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 1;
+/// Bytes of a snapshot value before the compressed payload: format byte and `through_seq`.
+const SNAPSHOT_HEADER: usize = 9;
+
+/// sled-backed [`DocStore`]. Cloning shares the same database.
+#[derive(Clone, Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    docs: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. sled holds a lock on the directory, so a second
+    /// process opening it fails instead of corrupting it. `flush_every_ms` is sled's background
+    /// flush period: the durability window for applied updates.
+    pub fn open(dir: &Path, flush_every_ms: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(flush_every_ms.max(1)))
+            .open()?;
+        let docs = db.open_tree(TREE)?;
+        Ok(SledStore { db, docs })
+    }
+
+    /// Opens a store that lives in a temporary directory removed on drop (benches, unit tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let docs = db.open_tree(TREE)?;
+        Ok(SledStore { db, docs })
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn room_prefix(room: &str) -> Vec<u8> {
+    // Room names are at most `MAX_ROOM_NAME_BYTES` long, far below u16::MAX; a longer one is a
+    // caller bug, so clamp rather than wrap.
+    let len = u16::try_from(room.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + room.len() + 9);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(room.as_bytes());
+    key
+}
+
+fn snapshot_key(room: &str) -> Vec<u8> {
+    let mut key = room_prefix(room);
+    key.push(KIND_SNAPSHOT);
+    key
+}
+
+fn log_key(room: &str, seq: u64) -> Vec<u8> {
+    let mut key = room_prefix(room);
+    key.push(KIND_LOG);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn log_prefix(room: &str) -> Vec<u8> {
+    let mut key = room_prefix(room);
+    key.push(KIND_LOG);
+    key
+}
+
+fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits a snapshot value into `through_seq` and the decompressed v1 update.
+pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
+    if value.len() < SNAPSHOT_HEADER || value[0] != SNAPSHOT_FORMAT {
+        return Err(corrupt(
+            key,
+            "snapshot header is missing or of an unknown format",
+        ));
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&value[1..SNAPSHOT_HEADER]);
+    let update = lz4_flex::decompress_size_prepended(&value[SNAPSHOT_HEADER..])
+        .map_err(|error| corrupt(key, format!("snapshot does not decompress: {error}")))?;
+    Ok((u64::from_be_bytes(seq), update))
+}
+
+fn encode_snapshot(through_seq: u64, update: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::compress_prepend_size(update);
+    let mut value = Vec::with_capacity(SNAPSHOT_HEADER + compressed.len());
+    value.push(SNAPSHOT_FORMAT);
+    value.extend_from_slice(&through_seq.to_be_bytes());
+    value.extend_from_slice(&compressed);
+    value
+}
+
+/// The sequence number of a log key, given the length of its room's log prefix.
+fn log_seq(key: &[u8], prefix_len: usize) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(prefix_len..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+impl DocStore for SledStore {
+    fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+        let mut doc = StoredDoc::default();
+        let mut through_seq = None;
+        if let Some(value) = self.docs.get(snapshot_key(room))? {
+            match decode_snapshot(&snapshot_key(room), &value) {
+                Ok((seq, update)) => {
+                    through_seq = Some(seq);
+                    doc.snapshot = Some(update);
+                    doc.next_seq = seq + 1;
+                }
+                Err(error) => doc.corrupt.push(error),
+            }
+        }
+        let prefix = log_prefix(room);
+        for entry in self.docs.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let Some(seq) = log_seq(&key, prefix.len()) else {
+                doc.corrupt
+                    .push(corrupt(&key, "log key has no sequence number"));
+                continue;
+            };
+            // Entries a snapshot already covers can outlive a compaction only if a crash hit
+            // between writes of a non-atomic store; sled's batch rules that out, but skipping
+            // them keeps loading idempotent either way.
+            if through_seq.is_some_and(|through| seq <= through) {
+                continue;
+            }
+            doc.next_seq = doc.next_seq.max(seq + 1);
+            doc.log.push(value.to_vec());
+        }
+        Ok(doc)
+    }
+
+    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
+        self.docs.insert(log_key(room, seq), update)?;
+        Ok(())
+    }
+
+    fn compact(&self, room: &str, snapshot: &[u8], through_seq: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(snapshot_key(room), encode_snapshot(through_seq, snapshot));
+        let prefix = log_prefix(room);
+        for key in self
+            .docs
+            .range(log_key(room, 0)..=log_key(room, through_seq))
+            .keys()
+        {
+            let key = key?;
+            if key.starts_with(&prefix) {
+                batch.remove(key);
+            }
+        }
+        self.docs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn delete(&self, room: &str) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.docs.scan_prefix(room_prefix(room)).keys() {
+            let key = key?;
+            // The prefix scan also matches longer names only if they share the length prefix
+            // and the name, which makes them the same room: every key here belongs to `room`.
+            batch.remove(key);
+        }
+        self.docs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+
+    fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
+        let mut stats = RoomStats::default();
+        if let Some(value) = self.docs.get(snapshot_key(room))? {
+            stats.snapshot_bytes = value.len() as u64;
+        }
+        for entry in self.docs.scan_prefix(log_prefix(room)) {
+            let (_, value) = entry?;
+            stats.log_entries += 1;
+            stats.log_bytes += value.len() as u64;
+        }
+        Ok(stats)
+    }
+
+    fn rooms(&self) -> Result<Vec<String>, StoreError> {
+        let mut rooms: Vec<String> = Vec::new();
+        for key in self.docs.iter().keys() {
+            let key = key?;
+            let Some(name) = room_name(&key) else {
+                continue;
+            };
+            if rooms.last().map(String::as_str) != Some(name) {
+                rooms.push(name.to_owned());
+            }
+        }
+        Ok(rooms)
+    }
+}
+
+/// The room name a key belongs to, if the key is well formed.
+fn room_name(key: &[u8]) -> Option<&str> {
+    let len = u16::from_be_bytes(key.get(..2)?.try_into().ok()?) as usize;
+    std::str::from_utf8(key.get(2..2 + len)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_whose_names_share_a_prefix_stay_apart() {
+        let store = SledStore::temporary().unwrap();
+        store.append("a", 0, b"one").unwrap();
+        store.append("ab", 0, b"two").unwrap();
+        store.append("a", 1, b"three").unwrap();
+        let a = store.load("a").unwrap();
+        assert_eq!(a.log, vec![b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(a.next_seq, 2);
+        assert_eq!(store.load("ab").unwrap().log, vec![b"two".to_vec()]);
+        assert_eq!(
+            store.rooms().unwrap(),
+            vec!["a".to_owned(), "ab".to_owned()]
+        );
+        store.delete("a").unwrap();
+        assert!(store.load("a").unwrap().log.is_empty());
+        assert_eq!(store.load("ab").unwrap().log.len(), 1);
+    }
+
+    #[test]
+    fn compaction_replaces_covered_log_entries() {
+        let store = SledStore::temporary().unwrap();
+        for seq in 0..5 {
+            store.append("room", seq, &[seq as u8]).unwrap();
+        }
+        store.compact("room", b"snapshot", 2).unwrap();
+        let doc = store.load("room").unwrap();
+        assert_eq!(doc.snapshot.as_deref(), Some(&b"snapshot"[..]));
+        assert_eq!(doc.log, vec![vec![3], vec![4]]);
+        assert_eq!(doc.next_seq, 5);
+        let stats = store.stats("room").unwrap();
+        assert_eq!(stats.log_entries, 2);
+        assert!(stats.snapshot_bytes > 0);
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_reported_and_the_log_still_loads() {
+        let store = SledStore::temporary().unwrap();
+        store.append("room", 0, b"update").unwrap();
+        store
+            .docs
+            .insert(snapshot_key("room"), &b"\x01garbage"[..])
+            .unwrap();
+        let doc = store.load("room").unwrap();
+        assert_eq!(doc.corrupt.len(), 1);
+        assert_eq!(doc.log, vec![b"update".to_vec()]);
+    }
+}
