@@ -78,6 +78,11 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_COMPACT_LOG_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub compact_log_bytes: u64,
 
+    /// Seconds an awareness state (cursor, presence) lives without being renewed. Clients renew
+    /// every 15 s; y-protocols uses 30.
+    #[arg(long, env = "YCORD_AWARENESS_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub awareness_timeout_secs: u64,
+
     /// Seconds between WebSocket pings; a peer that answers none for two intervals is closed.
     #[arg(long, env = "YCORD_PING_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=25))]
     pub ping_secs: u64,
@@ -101,6 +106,7 @@ impl ServeConfig {
         RoomConfig {
             compact_log_updates: self.compact_log_updates,
             compact_log_bytes: self.compact_log_bytes,
+            awareness_timeout: Duration::from_secs(self.awareness_timeout_secs),
         }
     }
 

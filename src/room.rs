@@ -50,6 +50,8 @@ pub struct RoomConfig {
     pub compact_log_updates: u64,
     /// Compact once the log holds this many bytes.
     pub compact_log_bytes: u64,
+    /// Awareness states not renewed within this are removed.
+    pub awareness_timeout: Duration,
 }
 
 /// Flags a room raises for one member, read by that member's session.
@@ -312,9 +314,11 @@ impl Room {
         full_awareness(&self.state().awareness)
     }
 
-    /// Removes awareness states not renewed within `max_age` (clients renew every 15 s; a
-    /// browser that vanished without a close frame stops renewing) and broadcasts the removal.
-    pub fn expire_awareness(&self, max_age: Duration) {
+    /// Removes awareness states not renewed within the configured timeout (clients renew
+    /// every 15 s; a browser that vanished without a close frame stops renewing) and
+    /// broadcasts the removal.
+    pub fn expire_awareness(&self) {
+        let max_age = self.config.awareness_timeout;
         let mut state = self.state();
         let now = SystemClock.now();
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);

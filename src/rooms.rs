@@ -18,9 +18,6 @@ use crate::error::StoreError;
 use crate::room::{Room, RoomConfig};
 use crate::store::DocStore;
 
-/// How long awareness states live without renewal (y-protocols' `outdatedTimeout`).
-pub const AWARENESS_TIMEOUT: Duration = Duration::from_secs(30);
-
 enum Slot {
     /// Nobody has loaded the room yet (or loading failed).
     Empty,
@@ -159,7 +156,7 @@ impl Rooms {
                 }
                 Slot::Retired => continue,
             };
-            room.expire_awareness(AWARENESS_TIMEOUT);
+            room.expire_awareness();
             if room.idle_for().is_some_and(|elapsed| elapsed >= idle) {
                 self.unload(&room).await;
                 *guard = Slot::Retired;

@@ -1,0 +1,293 @@
+//! Test helpers: a real ycord server on port 0 with its data in a temporary directory, and a
+//! minimal y-websocket client built on yrs over a real WebSocket.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::sync::Awareness;
+use yrs::sync::awareness::AwarenessUpdate;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
+use ycord::protocol::{self, Inbound};
+use ycord::{ServeConfig, Server};
+
+/// How long any wait in a test may last before it fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A server running in this process, stopped when dropped.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub config: ServeConfig,
+    /// Keeps the data directory alive for the server's (and restarts') lifetime.
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = ServeConfig::for_tests(dir.path().join("data"));
+        adjust(&mut config);
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: Arc<tempfile::TempDir>, config: ServeConfig) -> TestServer {
+        let server = Server::start(config.clone()).await.expect("server starts");
+        TestServer {
+            server: Some(server),
+            config,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.server().local_addr())
+    }
+
+    pub fn room_url(&self, room: &str) -> String {
+        format!("{}/{}", self.url(), room)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Graceful shutdown, waiting until everything is on disk.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.wait().await.expect("clean shutdown");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same address and data directory.
+    pub async fn restart(&mut self) {
+        let addr = self.server().local_addr();
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.listen = addr;
+        let server = Server::start(config).await.expect("server restarts");
+        self.server = Some(server);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the client's reader saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Every binary frame, in order.
+    pub frames: Vec<Vec<u8>>,
+    /// The close frame the server sent, if any.
+    pub close: Option<(u16, String)>,
+    /// Set when the socket ended (closed, reset).
+    pub ended: bool,
+    /// Whether a SyncStep2 arrived.
+    pub synced: bool,
+}
+
+/// A y-websocket client: a yrs document kept in sync with a room.
+pub struct Client {
+    pub doc: Doc,
+    pub awareness: Arc<Mutex<Awareness>>,
+    sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
+    pub seen: Arc<Mutex<Seen>>,
+    reader: JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects and completes the sync handshake (SyncStep1 sent, SyncStep2 received).
+    pub async fn connect(server: &TestServer, room: &str) -> Client {
+        Self::connect_with_doc(&server.room_url(room), Doc::new()).await
+    }
+
+    /// Connects with an existing document (offline edits are pushed as SyncStep2 on connect).
+    pub async fn connect_with_doc(url: &str, doc: Doc) -> Client {
+        let client = Self::connect_raw(url, doc).await;
+        client.send_sync_step1().await;
+        client.wait_until(|seen, _| seen.synced).await;
+        client
+    }
+
+    /// Connects without sending anything.
+    pub async fn connect_raw(url: &str, doc: Doc) -> Client {
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (sink, stream) = socket.split();
+        let awareness = Arc::new(Mutex::new(Awareness::new(Doc::new())));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let reader = tokio::spawn(read_loop(
+            stream,
+            doc.clone(),
+            awareness.clone(),
+            seen.clone(),
+        ));
+        Client {
+            doc,
+            awareness,
+            sink: tokio::sync::Mutex::new(sink),
+            seen,
+            reader,
+        }
+    }
+
+    pub async fn send_sync_step1(&self) {
+        let state_vector = self.doc.transact().state_vector().encode_v1();
+        self.send_raw(protocol::encode_sync_step1(&state_vector).to_vec())
+            .await;
+        // SyncStep2 carrying our state, for offline edits; the server's own SyncStep1 would
+        // ask for it too, but answering up front keeps the helper simple.
+        let update = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        self.send_raw(protocol::encode_sync_step2(&update).to_vec())
+            .await;
+    }
+
+    /// Sends one binary frame as is.
+    pub async fn send_raw(&self, frame: Vec<u8>) {
+        let _ = self.sink.lock().await.send(Message::binary(frame)).await;
+    }
+
+    pub async fn send_message(&self, message: Message) {
+        let _ = self.sink.lock().await.send(message).await;
+    }
+
+    /// Makes a local edit and sends it to the server as an Update message.
+    pub async fn edit(&self, change: impl FnOnce(&mut TransactionMut)) {
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            change(&mut txn);
+            txn.encode_update_v1()
+        };
+        self.send_raw(protocol::encode_update(&update).to_vec()).await;
+    }
+
+    /// Sets this client's awareness state and sends it.
+    pub async fn set_awareness(&self, client_id: u64, clock: u32, json: &str) {
+        let mut payload = Vec::new();
+        use yrs::encoding::write::Write;
+        payload.write_var(1u32);
+        payload.write_var(client_id);
+        payload.write_var(clock);
+        payload.write_string(json);
+        self.send_raw(protocol::encode_awareness(&payload).to_vec())
+            .await;
+    }
+
+    /// Waits until `condition` holds over what was seen and the document.
+    pub async fn wait_until(&self, condition: impl Fn(&Seen, &Doc) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if condition(&self.seen.lock().unwrap(), &self.doc) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the server closes the socket and returns its close code.
+    pub async fn wait_closed(&self) -> Option<(u16, String)> {
+        self.wait_until(|seen, _| seen.ended).await;
+        self.seen.lock().unwrap().close.clone()
+    }
+
+    /// The awareness JSON state the client knows for `client_id`, if present.
+    pub fn awareness_state(&self, client_id: u64) -> Option<String> {
+        let awareness = self.awareness.lock().unwrap();
+        awareness
+            .iter()
+            .find(|(id, _)| id.get() == client_id)
+            .and_then(|(_, state)| state.data.map(|data| data.to_string()))
+    }
+
+    pub async fn close(self) {
+        let _ = self.sink.lock().await.close().await;
+        self.reader.abort();
+    }
+
+    /// Drops the TCP connection without a close frame.
+    pub fn drop_abruptly(self) {
+        self.reader.abort();
+        drop(self.sink);
+    }
+}
+
+async fn read_loop(
+    mut stream: SplitStream<Socket>,
+    doc: Doc,
+    awareness: Arc<Mutex<Awareness>>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    while let Some(message) = stream.next().await {
+        let Ok(message) = message else { break };
+        match message {
+            Message::Binary(frame) => {
+                for inbound in protocol::decode_frame(&frame) {
+                    match inbound.expect("server sends well-formed messages") {
+                        Inbound::SyncStep2(update) | Inbound::Update(update) => {
+                            let update = Update::decode_v1(update).expect("valid update");
+                            doc.transact_mut().apply_update(update).expect("applies");
+                            if frame[1] == 1 {
+                                seen.lock().unwrap().synced = true;
+                            }
+                        }
+                        Inbound::Awareness(payload) => {
+                            let update = AwarenessUpdate::decode_v1(payload).expect("awareness");
+                            awareness.lock().unwrap().apply_update(update).expect("applies");
+                        }
+                        _ => {}
+                    }
+                }
+                seen.lock().unwrap().frames.push(frame.to_vec());
+            }
+            Message::Close(frame) => {
+                seen.lock().unwrap().close = frame.map(|CloseFrame { code, reason }| {
+                    (u16::from(code), reason.to_string())
+                });
+            }
+            _ => {}
+        }
+    }
+    seen.lock().unwrap().ended = true;
+}
+
+/// The text of the root `name` in `doc`.
+pub fn text(doc: &Doc, name: &str) -> String {
+    use yrs::GetString;
+    let text = doc.get_or_insert_text(name);
+    text.get_string(&doc.transact())
+}
