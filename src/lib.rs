@@ -9,6 +9,7 @@
 //! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
 //! - [`server`]: binding, routes, WebSocket sessions, graceful shutdown.
 //! - [`error`]: typed errors per domain.
+//! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //!
 //! # The flow of one update
 //!
@@ -25,6 +26,7 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod store;
+pub mod trace;
 
 pub use config::{Cli, ServeConfig};
 pub use server::Server;
