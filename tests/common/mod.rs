@@ -1,7 +1,7 @@
 //! Test helpers: a real ycord server on port 0 with its data in a temporary directory, and a
 //! minimal y-websocket client built on yrs over a real WebSocket.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,13 +14,13 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use ycord::protocol::{self, Inbound};
+use ycord::{ServeConfig, Server};
 use yrs::sync::Awareness;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
-use ycord::protocol::{self, Inbound};
-use ycord::{ServeConfig, Server};
 
 /// How long any wait in a test may last before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -189,7 +189,8 @@ impl Client {
             change(&mut txn);
             txn.encode_update_v1()
         };
-        self.send_raw(protocol::encode_update(&update).to_vec()).await;
+        self.send_raw(protocol::encode_update(&update).to_vec())
+            .await;
     }
 
     /// Sets this client's awareness state and sends it.
@@ -267,7 +268,11 @@ async fn read_loop(
                         }
                         Inbound::Awareness(payload) => {
                             let update = AwarenessUpdate::decode_v1(payload).expect("awareness");
-                            awareness.lock().unwrap().apply_update(update).expect("applies");
+                            awareness
+                                .lock()
+                                .unwrap()
+                                .apply_update(update)
+                                .expect("applies");
                         }
                         _ => {}
                     }
@@ -275,9 +280,8 @@ async fn read_loop(
                 seen.lock().unwrap().frames.push(frame.to_vec());
             }
             Message::Close(frame) => {
-                seen.lock().unwrap().close = frame.map(|CloseFrame { code, reason }| {
-                    (u16::from(code), reason.to_string())
-                });
+                seen.lock().unwrap().close =
+                    frame.map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()));
             }
             _ => {}
         }
