@@ -46,7 +46,7 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: Arc<tempfile::TempDir>, config: ServeConfig) -> TestServer {
-        let server = Server::start(config.clone()).await.expect("server starts");
+        let server = start_server(config.clone()).await;
         TestServer {
             server: Some(server),
             config,
@@ -84,8 +84,26 @@ impl TestServer {
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = addr;
-        let server = Server::start(config).await.expect("server restarts");
+        let server = start_server(config).await;
         self.server = Some(server);
+    }
+}
+
+/// Starts a server, retrying while its data directory is still locked by a server of this
+/// process that just stopped: sled releases its lock when its background I/O jobs finish, which
+/// can be a few milliseconds after `Server::wait` returned.
+async fn start_server(config: ServeConfig) -> Server {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Server::start(config.clone()).await {
+            Ok(server) => return server,
+            Err(ycord::server::ServerError::OpenStore { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(error) => panic!("server does not start: {error}"),
+        }
     }
 }
 
@@ -294,4 +312,245 @@ pub fn text(doc: &Doc, name: &str) -> String {
     use yrs::GetString;
     let text = doc.get_or_insert_text(name);
     text.get_string(&doc.transact())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Additional helpers for the themed test files (awareness, rooms, persistence, bad input, ...).
+// ---------------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// The address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server().local_addr()
+    }
+}
+
+impl Client {
+    /// Waits until `condition` holds over the whole client, failing with `what` otherwise.
+    pub async fn wait_for(&self, what: &str, condition: impl Fn(&Client) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if condition(self) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the text `name` of this client's document equals `expected`.
+    pub async fn wait_text(&self, name: &str, expected: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let current = text(&self.doc, name);
+            if current == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "text {name:?} never became the expected {} chars; it is {} chars: {:?}",
+                expected.chars().count(),
+                current.chars().count(),
+                preview(&current)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the awareness state this client knows for `client_id` is `expected`
+    /// (`None`: absent or removed).
+    pub async fn wait_awareness(&self, client_id: u64, expected: Option<&str>) {
+        let what = format!("awareness of client {client_id} to become {expected:?}");
+        self.wait_for(&what, |client| {
+            client.awareness_state(client_id).as_deref() == expected
+        })
+        .await;
+    }
+
+    /// Appends `addition` to the text `name` and sends the update.
+    pub async fn append_text(&self, name: &str, addition: &str) {
+        use yrs::Text;
+        let text_ref = self.doc.get_or_insert_text(name);
+        self.edit(|txn| {
+            let len = text_ref.len(txn);
+            text_ref.insert(txn, len, addition);
+        })
+        .await;
+    }
+
+    /// Every binary frame received so far.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().frames.clone()
+    }
+
+    /// How many binary frames were received so far.
+    pub fn frame_count(&self) -> usize {
+        self.seen.lock().unwrap().frames.len()
+    }
+
+    /// Whether the socket has ended.
+    pub fn ended(&self) -> bool {
+        self.seen.lock().unwrap().ended
+    }
+
+    /// The state vector of this client's document.
+    pub fn state_vector(&self) -> StateVector {
+        self.doc.transact().state_vector()
+    }
+}
+
+/// Connects a fresh client (empty document) to a full room URL and completes the handshake.
+pub async fn connect_url(url: &str) -> Client {
+    Client::connect_with_doc(url, Doc::new()).await
+}
+
+/// The first characters of a long string, for assertion messages.
+pub fn preview(text: &str) -> String {
+    let head: String = text.chars().take(80).collect();
+    if head.len() < text.len() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+/// Asserts that every frame the client received holds exactly one well-formed message
+/// (`shared/PROTOCOL.md` 2.7: older clients read only the first message of a frame).
+pub fn assert_one_message_per_frame(client: &Client) {
+    for (index, frame) in client.frames().iter().enumerate() {
+        let messages: Vec<_> = protocol::decode_frame(frame).collect();
+        assert_eq!(
+            messages.len(),
+            1,
+            "frame {index} ({} bytes, starting {:?}) holds {} messages",
+            frame.len(),
+            &frame[..frame.len().min(8)],
+            messages.len()
+        );
+        assert!(
+            messages[0].is_ok(),
+            "frame {index} is malformed: {:?}",
+            messages[0]
+        );
+    }
+}
+
+/// The entries of an awareness frame: client ID → (clock, JSON). `None` for other frames.
+pub fn awareness_entries(frame: &[u8]) -> Option<std::collections::HashMap<u64, (u32, String)>> {
+    let mut messages = protocol::decode_frame(frame);
+    match messages.next()? {
+        Ok(Inbound::Awareness(payload)) => {
+            let update = AwarenessUpdate::decode_v1(payload).expect("awareness payload");
+            Some(
+                update
+                    .clients
+                    .into_iter()
+                    .map(|(id, entry)| (id.get(), (entry.clock, entry.json.to_string())))
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// The text `name` of a document rebuilt from what the store holds for `room` (snapshot, then
+/// log in order), as the server would load it.
+pub fn stored_text(store: &ycord::store::SledStore, room: &str, name: &str) -> String {
+    use ycord::store::DocStore;
+    let stored = store.load(room).expect("store loads");
+    assert!(
+        stored.corrupt.is_empty(),
+        "corrupt records in {room}: {:?}",
+        stored.corrupt
+    );
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for bytes in stored.snapshot.iter().chain(stored.log.iter()) {
+            let update = Update::decode_v1(bytes).expect("stored update decodes");
+            txn.apply_update(update).expect("stored update applies");
+        }
+    }
+    text(&doc, name)
+}
+
+/// Opens the sled store of a stopped server. sled locks its directory until its last handle is
+/// gone, which happens when the server's tasks have been dropped: retry until then.
+pub async fn open_store(data_dir: &std::path::Path) -> ycord::store::SledStore {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match ycord::store::SledStore::open(data_dir, 100) {
+            Ok(store) => return store,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "store in {} does not open: {error}",
+                    data_dir.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A server on a tokio runtime of its own, so that it can be abandoned: dropping that runtime
+/// drops every task of the server without the graceful shutdown (no close frames, no compaction
+/// or flush at shutdown). sled still flushes its buffers when its last handle is dropped, as in a
+/// process that exits without shutting the server down.
+pub struct DetachedServer {
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<Server>,
+    pub config: ServeConfig,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+impl DetachedServer {
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> DetachedServer {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = ServeConfig::for_tests(dir.path().join("data"));
+        adjust(&mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .spawn(Server::start(config.clone()))
+            .await
+            .expect("start task")
+            .expect("server starts");
+        DetachedServer {
+            runtime: Some(runtime),
+            server: Some(server),
+            config,
+            dir,
+        }
+    }
+
+    pub fn room_url(&self, room: &str) -> String {
+        let addr = self.server.as_ref().expect("running").local_addr();
+        format!("ws://{addr}/{room}")
+    }
+
+    /// Drops the server's runtime (and with it every task) without a graceful shutdown.
+    /// Returns the data directory's owner and the configuration, to start again on them.
+    pub async fn abandon(mut self) -> (Arc<tempfile::TempDir>, ServeConfig) {
+        drop(self.server.take());
+        let runtime = self.runtime.take().expect("running");
+        tokio::task::spawn_blocking(move || drop(runtime))
+            .await
+            .expect("runtime dropped");
+        (self.dir.clone(), self.config.clone())
+    }
+}
+
+impl Drop for DetachedServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

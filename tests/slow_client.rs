@@ -1,0 +1,113 @@
+//! A client that stops reading must not hold back the room: the writer and the other readers
+//! carry on, the slow client is eventually dropped (closed with 1013 so that it resyncs, or its
+//! socket ended), and connections elsewhere are unaffected.
+
+mod common;
+
+use common::{Client, TestServer, text};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use ycord::protocol;
+
+/// Updates the writer sends while the slow client does not read, and the size of each.
+///
+/// The room queues at most 512 frames per member (`ycord::room::UPDATE_QUEUE_CAPACITY`) and
+/// drops a member whose queue is full. Before that queue fills, the kernel absorbs what fits in
+/// the server's send buffer (autotuned up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default;
+/// about 3 MiB measured on loopback) plus the slow client's receive buffer (kept small below).
+/// 6000 frames of 1 KiB overflow all of that with a margin, in 6 MiB in total. Small frames
+/// keep the total low: the queue counts frames, the kernel counts bytes.
+const UPDATES: usize = 6000;
+const UPDATE_BYTES: usize = 1024;
+
+/// The writer waits for the healthy clients to catch up this often, so that they are never
+/// 512 frames behind (a client that is, however briefly, is dropped by design).
+const CHECKPOINT: usize = 250;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_and_holds_nobody_back() {
+    let server = TestServer::start().await;
+    let writer = Client::connect(&server, "busy").await;
+    let reader = Client::connect(&server, "busy").await;
+    let elsewhere_a = Client::connect(&server, "quiet").await;
+    let elsewhere_b = Client::connect(&server, "quiet").await;
+
+    // The slow client: a real WebSocket with a small receive buffer (so that the kernel does
+    // not absorb megabytes on its behalf), which completes the handshake, says SyncStep1 like
+    // any client, and then is not polled any more.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let stream = socket.connect(server.addr()).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(server.room_url("busy"), stream)
+        .await
+        .unwrap();
+    slow.send(Message::binary(protocol::encode_sync_step1(&[0]).to_vec()))
+        .await
+        .unwrap();
+
+    let mut expected = String::new();
+    for index in 0..UPDATES {
+        let letter = char::from(b'a' + (index % 26) as u8);
+        let piece: String = std::iter::repeat_n(letter, UPDATE_BYTES).collect();
+        writer.append_text("text", &piece).await;
+        expected.push_str(&piece);
+        if (index + 1) % CHECKPOINT == 0 {
+            reader.wait_text("text", &expected).await;
+            // The writer's echoes: SyncStep1, SyncStep2, then one frame per update.
+            let echoed = 2 + index + 1;
+            writer
+                .wait_for("the writer's echoes", |client| {
+                    client.frame_count() >= echoed
+                })
+                .await;
+        }
+    }
+    // Every other reader gets everything, while the slow client is still not reading.
+    reader.wait_text("text", &expected).await;
+    assert!(!writer.ended() && !reader.ended());
+    // The writer's own connection still works both ways, and other rooms are unaffected.
+    reader.append_text("text", "reply").await;
+    expected.push_str("reply");
+    writer.wait_text("text", &expected).await;
+    elsewhere_a.append_text("text", "elsewhere").await;
+    elsewhere_b.wait_text("text", "elsewhere").await;
+
+    // Now look at the slow client: whatever was buffered for it, then the end of its
+    // connection. It must not get the whole room's traffic (it was dropped, not buffered
+    // without limit).
+    let drained = tokio::time::timeout(common::WAIT, async {
+        let mut frames = 0usize;
+        let mut close = None;
+        while let Some(message) = slow.next().await {
+            match message {
+                Ok(Message::Binary(_)) => frames += 1,
+                Ok(Message::Close(frame)) => {
+                    close = frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()))
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        (frames, close)
+    })
+    .await;
+    let (frames, close) = drained.expect("the slow client's connection must end");
+    assert!(
+        frames < UPDATES,
+        "the slow client got {frames} of {UPDATES} updates: it was never dropped"
+    );
+    if let Some((code, reason)) = close {
+        assert_eq!(code, 1013, "reason: {reason}");
+        assert!(!reason.is_empty());
+    }
+
+    // Everyone else is still fine, and the room is whole.
+    writer.append_text("text", "end").await;
+    expected.push_str("end");
+    reader.wait_text("text", &expected).await;
+    let fresh = Client::connect(&server, "busy").await;
+    assert!(text(&fresh.doc, "text") == expected);
+    elsewhere_b.append_text("text", "!").await;
+    elsewhere_a.wait_text("text", "elsewhere!").await;
+}
