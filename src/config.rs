@@ -66,10 +66,6 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_ROOM_IDLE_SECS", default_value_t = 30)]
     pub room_idle_secs: u64,
 
-    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
-    #[arg(long, env = "YCORD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 32))]
-    pub max_message_bytes: u64,
-
     /// Compact a room once its update log holds this many updates.
     #[arg(long, env = "YCORD_COMPACT_LOG_UPDATES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub compact_log_updates: u64,
@@ -90,6 +86,55 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "YCORD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// HS256 secret for client tokens. When set, every WebSocket upgrade and every HTTP request
+    /// except the health checks must carry a JWT (`?token=` or `Authorization: Bearer`).
+    #[arg(long, env = "YCORD_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Resource limits. Each refusal is counted in `ycord_limit_hits_total{reason=...}`.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
+    #[arg(long, env = "YCORD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 32))]
+    pub max_message_bytes: u64,
+
+    /// Largest document a room may hold, in bytes of its v1 encoding; an update that would pass
+    /// it is refused (1009) and the document stays as it was.
+    #[arg(long, env = "YCORD_MAX_DOC_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_doc_bytes: u64,
+
+    /// Most WebSocket connections open at once; more are refused with HTTP 503.
+    #[arg(long, env = "YCORD_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Most connections to one room; more are refused with HTTP 503.
+    #[arg(long, env = "YCORD_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_room: u64,
+
+    /// Most rooms in memory; idle rooms are evicted first, then new rooms are refused (HTTP 503).
+    #[arg(long, env = "YCORD_MAX_ROOMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rooms: u64,
+
+    /// Sustained document updates per second one connection may send (a burst of five seconds'
+    /// worth is allowed); beyond it the connection is closed (1008).
+    #[arg(long, env = "YCORD_MAX_UPDATES_PER_SEC", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_updates_per_sec: u64,
+
+    /// New WebSocket connections per second from one IP address (a burst of five seconds' worth
+    /// is allowed); beyond it upgrades are refused with HTTP 429. Raise it behind a proxy that
+    /// makes every client come from one address.
+    #[arg(long, env = "YCORD_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connects_per_ip_per_sec: u64,
+
+    /// Seconds a new connection has to send its first message (clients send SyncStep1 at
+    /// once); a silent one is closed (1008).
+    #[arg(long, env = "YCORD_FIRST_MESSAGE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_message_secs: u64,
 }
 
 impl ServeConfig {
@@ -106,6 +151,7 @@ impl ServeConfig {
         RoomConfig {
             compact_log_updates: self.compact_log_updates,
             compact_log_bytes: self.compact_log_bytes,
+            max_doc_bytes: self.limits.max_doc_bytes,
             awareness_timeout: Duration::from_secs(self.awareness_timeout_secs),
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! # Map of the crate
 //!
+//! - [`auth`]: JWT verification and room grants.
 //! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
 //! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
 //! - [`room`]: one document with its awareness states, members' queues and persistence.
@@ -9,6 +10,8 @@
 //! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
 //! - [`server`]: binding, routes, WebSocket sessions, graceful shutdown.
 //! - [`error`]: typed errors per domain.
+//! - [`limit`]: token buckets for update and connection rates.
+//! - [`metrics`]: the Prometheus metrics, one value per server.
 //! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //!
 //! # The flow of one update
@@ -19,8 +22,11 @@
 //! them to its socket. sled flushes the log within the durability window, and compaction
 //! folds the log into an lz4-compressed snapshot.
 
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limit;
+pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod rooms;

@@ -21,6 +21,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::error::{ApplyError, StoreError};
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::DocStore;
 
@@ -50,6 +51,8 @@ pub struct RoomConfig {
     pub compact_log_updates: u64,
     /// Compact once the log holds this many bytes.
     pub compact_log_bytes: u64,
+    /// Largest document, in bytes of stored v1 encoding (snapshot plus log).
+    pub max_doc_bytes: u64,
     /// Awareness states not renewed within this are removed.
     pub awareness_timeout: Duration,
 }
@@ -115,6 +118,8 @@ struct RoomState {
     /// Updates and bytes appended since the last compaction.
     log_updates: u64,
     log_bytes: u64,
+    /// Size of the last snapshot (uncompressed v1); with `log_bytes`, the document's size.
+    snapshot_bytes: u64,
 }
 
 /// One collaborative document and everyone editing it.
@@ -123,6 +128,7 @@ pub struct Room {
     state: Mutex<RoomState>,
     store: Arc<dyn DocStore>,
     config: RoomConfig,
+    metrics: Arc<Metrics>,
     /// Open connections, counted by the registry (which changes it only under its slot lock,
     /// so that eviction and joining cannot race).
     connections: AtomicUsize,
@@ -149,6 +155,7 @@ impl Room {
         name: Arc<str>,
         store: Arc<dyn DocStore>,
         config: RoomConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Room, StoreError> {
         let stored = store.load(&name)?;
         for error in &stored.corrupt {
@@ -168,9 +175,8 @@ impl Room {
                 }
             }
         }
-        if let Some(snapshot) = &stored.snapshot {
-            log_bytes -= snapshot.len() as u64;
-        }
+        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        log_bytes -= snapshot_bytes;
         Ok(Room {
             state: Mutex::new(RoomState {
                 awareness: Awareness::new(doc),
@@ -178,10 +184,12 @@ impl Room {
                 next_seq: stored.next_seq,
                 log_updates: stored.log.len() as u64,
                 log_bytes,
+                snapshot_bytes,
             }),
             name,
             store,
             config,
+            metrics,
             connections: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             compacting: AtomicBool::new(false),
@@ -254,6 +262,12 @@ impl Room {
         let decoded = Update::decode_v1(update)
             .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
         let mut state = self.state();
+        if state.snapshot_bytes + state.log_bytes + update.len() as u64 > self.config.max_doc_bytes
+        {
+            return Err(ApplyError::DocumentTooLarge {
+                limit: self.config.max_doc_bytes,
+            });
+        }
         let delta = {
             let mut txn = state.awareness.doc().transact_mut();
             txn.apply_update(decoded)
@@ -267,9 +281,16 @@ impl Room {
         state.next_seq += 1;
         state.log_updates += 1;
         state.log_bytes += delta.len() as u64;
+        let started = Instant::now();
         let stored = self.store.append(&self.name, seq, &delta);
+        self.metrics
+            .persist_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         let frame = protocol::encode_update(&delta);
         broadcast_update(&mut state, &frame);
+        self.metrics
+            .broadcast_frames
+            .inc_by(state.members.len() as u64);
         let compaction_due = state.log_updates >= self.config.compact_log_updates
             || state.log_bytes >= self.config.compact_log_bytes;
         drop(state);
@@ -305,6 +326,9 @@ impl Room {
             .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
         if summary.is_some() {
             broadcast_awareness(&mut state, protocol::encode_awareness(payload));
+            self.metrics
+                .broadcast_frames
+                .inc_by(state.members.len() as u64);
         }
         Ok(())
     }
@@ -405,10 +429,12 @@ impl Room {
                 .encode_state_as_update_v1(&StateVector::default());
             state.log_updates = 0;
             state.log_bytes = 0;
+            state.snapshot_bytes = snapshot.len() as u64;
             // `next_seq` is never 0 here: `log_updates > 0` means something was appended or loaded.
             (snapshot, state.next_seq.saturating_sub(1))
         };
         self.store.compact(&self.name, &snapshot, through_seq)?;
+        self.metrics.compactions.inc();
         tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
         Ok(())
     }

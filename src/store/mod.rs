@@ -60,4 +60,10 @@ pub trait DocStore: Send + Sync + 'static {
 
     /// Names of every stored room, in key order.
     fn rooms(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Proves the store accepts writes (readiness probe).
+    fn check_writable(&self) -> Result<(), StoreError>;
 }

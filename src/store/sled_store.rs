@@ -22,6 +22,8 @@ use super::{DocStore, RoomStats, StoredDoc};
 use crate::error::StoreError;
 
 const TREE: &str = "docs";
+/// Written by the readiness probe, in sled's default tree (never in `docs`).
+const READY_KEY: &[u8] = b"ycord:ready";
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_LOG: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
@@ -37,13 +39,10 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`. sled holds a lock on the directory, so a second
-    /// process opening it fails instead of corrupting it. `flush_every_ms` is sled's background
-    /// flush period: the durability window for applied updates.
-    pub fn open(dir: &Path, flush_every_ms: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(flush_every_ms.max(1)))
-            .open()?;
+    /// process opening it fails instead of corrupting it. sled's own background flusher is off:
+    /// the server flushes on its `--flush-ms` timer, which it can time and order with shutdown.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let docs = db.open_tree(TREE)?;
         Ok(SledStore { db, docs })
     }
@@ -53,11 +52,6 @@ impl SledStore {
         let db = sled::Config::new().temporary(true).open()?;
         let docs = db.open_tree(TREE)?;
         Ok(SledStore { db, docs })
-    }
-
-    /// Bytes the database takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
     }
 }
 
@@ -225,6 +219,18 @@ impl DocStore for SledStore {
             }
         }
         Ok(rooms)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        self.db.insert(READY_KEY, &now.to_be_bytes())?;
+        Ok(())
     }
 }
 
