@@ -171,7 +171,7 @@ impl Rooms {
                 }
             }
         }
-        idle.sort_by(|a, b| b.0.cmp(&a.0));
+        idle.sort_by_key(|(elapsed, _, _)| std::cmp::Reverse(*elapsed));
         for (_, name, slot) in idle.into_iter().take(wanted) {
             let Ok(mut guard) = slot.try_lock() else {
                 continue;

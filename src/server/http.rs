@@ -48,15 +48,11 @@ pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::R
     json_error(status, &error.to_string())
 }
 
-/// Checks an admin token when auth is on.
-fn require_admin(shared: &Shared, token: Option<&str>) -> Result<(), warp::reply::Response> {
-    match &shared.auth {
-        None => Ok(()),
-        Some(auth) => auth
-            .authorize_admin(token)
-            .map(|_| ())
-            .map_err(|error| auth_error(&shared.metrics, &error)),
-    }
+/// Checks an admin token when auth is on; the refusal is the response to send.
+fn require_admin(shared: &Shared, token: Option<&str>) -> Option<warp::reply::Response> {
+    let auth = shared.auth.as_ref()?;
+    let error = auth.authorize_admin(token).err()?;
+    Some(auth_error(&shared.metrics, &error))
 }
 
 type WithShared = warp::filters::BoxedFilter<(Arc<Shared>,)>;
@@ -108,7 +104,7 @@ fn ready_reply(status: StatusCode, state: &str) -> warp::reply::Response {
 }
 
 async fn metrics(token: Option<String>, shared: Arc<Shared>) -> warp::reply::Response {
-    if let Err(refusal) = require_admin(&shared, token.as_deref()) {
+    if let Some(refusal) = require_admin(&shared, token.as_deref()) {
         return refusal;
     }
     render_metrics(&shared).await
