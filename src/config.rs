@@ -11,7 +11,7 @@ use crate::room::RoomConfig;
 
 /// ycord: a collaborative document sync server for Yjs clients.
 #[derive(Debug, Parser)]
-#[command(name = "ycord", version, about, long_about = None)]
+#[command(name = "ycord", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

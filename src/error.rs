@@ -37,6 +37,8 @@ pub enum ApplyError {
     DocumentTooLarge { limit: u64 },
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
+    #[error("the room was deleted")]
+    RoomDeleted,
 }
 
 /// A failure of the document store.

@@ -1,5 +1,7 @@
 //! The `ycord` binary: parse the configuration, set up logging, serve until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use ycord::config::LogFormat;
@@ -10,7 +12,10 @@ async fn main() -> std::process::ExitCode {
     let config = Cli::parse().into_serve_config();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)

@@ -64,12 +64,19 @@ pub struct MemberSignals {
     lagged: AtomicBool,
     /// An awareness frame was dropped for this member: send a full awareness state.
     awareness_dropped: AtomicBool,
+    /// The room was closed (deleted) under the member.
+    closed: AtomicBool,
 }
 
 impl MemberSignals {
     /// Whether the room removed this member for falling behind.
     pub fn lagged(&self) -> bool {
         self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Whether the room was closed (deleted) under this member.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Returns and clears the "awareness dropped" flag.
@@ -100,6 +107,18 @@ pub struct Greeting {
     pub awareness: Option<Bytes>,
 }
 
+/// What the HTTP API reports about a loaded room.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub connections: usize,
+    /// Bytes of the stored v1 encoding: the last snapshot plus the log since.
+    pub doc_bytes: u64,
+    /// Updates in the log since the last compaction.
+    pub log_updates: u64,
+    /// When the document last changed, ms since the epoch (0: not since it was created).
+    pub last_change_ms: u64,
+}
+
 /// The result of applying a client's update.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -120,6 +139,10 @@ struct RoomState {
     log_bytes: u64,
     /// Size of the last snapshot (uncompressed v1); with `log_bytes`, the document's size.
     snapshot_bytes: u64,
+    /// When the document last changed (ms since the epoch; 0 if never recorded).
+    last_change_ms: u64,
+    /// Set when the room is deleted: nothing may be applied or stored any more.
+    deleted: bool,
 }
 
 /// One collaborative document and everyone editing it.
@@ -185,6 +208,8 @@ impl Room {
                 log_updates: stored.log.len() as u64,
                 log_bytes,
                 snapshot_bytes,
+                last_change_ms: stored.last_change_ms.unwrap_or(0),
+                deleted: false,
             }),
             name,
             store,
@@ -262,6 +287,9 @@ impl Room {
         let decoded = Update::decode_v1(update)
             .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
         let mut state = self.state();
+        if state.deleted {
+            return Err(ApplyError::RoomDeleted);
+        }
         if state.snapshot_bytes + state.log_bytes + update.len() as u64 > self.config.max_doc_bytes
         {
             return Err(ApplyError::DocumentTooLarge {
@@ -279,6 +307,7 @@ impl Room {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
+        state.last_change_ms = SystemClock.now();
         state.log_updates += 1;
         state.log_bytes += delta.len() as u64;
         let started = Instant::now();
@@ -417,9 +446,9 @@ impl Room {
             .compaction_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (snapshot, through_seq) = {
+        let (snapshot, through_seq, last_change_ms) = {
             let mut state = self.state();
-            if state.log_updates == 0 {
+            if state.log_updates == 0 || state.deleted {
                 return Ok(());
             }
             let snapshot = state
@@ -431,12 +460,60 @@ impl Room {
             state.log_bytes = 0;
             state.snapshot_bytes = snapshot.len() as u64;
             // `next_seq` is never 0 here: `log_updates > 0` means something was appended or loaded.
-            (snapshot, state.next_seq.saturating_sub(1))
+            (
+                snapshot,
+                state.next_seq.saturating_sub(1),
+                state.last_change_ms,
+            )
         };
-        self.store.compact(&self.name, &snapshot, through_seq)?;
+        self.store
+            .compact(&self.name, &snapshot, through_seq, last_change_ms)?;
         self.metrics.compactions.inc();
         tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
         Ok(())
+    }
+
+    /// Size facts for operators.
+    pub fn info(&self) -> RoomInfo {
+        let state = self.state();
+        RoomInfo {
+            connections: self.connection_count(),
+            doc_bytes: state.snapshot_bytes + state.log_bytes,
+            log_updates: state.log_updates,
+            last_change_ms: state.last_change_ms,
+        }
+    }
+
+    /// The top-level shared types as JSON (text as a string, maps as objects, arrays as
+    /// arrays, XML as its string form).
+    pub fn to_json(&self) -> serde_json::Value {
+        use yrs::types::ToJson;
+        let state = self.state();
+        let txn = state.awareness.doc().transact();
+        let mut roots = serde_json::Map::new();
+        for (name, value) in txn.root_refs() {
+            let json = serde_json::to_value(value.to_json(&txn)).unwrap_or(serde_json::Value::Null);
+            roots.insert(name.to_owned(), json);
+        }
+        serde_json::Value::Object(roots)
+    }
+
+    /// Deletes the room: every member's session ends, nothing more is applied, and its stored
+    /// data is removed. Blocking. Holding the compaction lock keeps a running compaction from
+    /// writing a snapshot back after the delete.
+    pub fn delete(&self) -> Result<(), StoreError> {
+        let _no_compaction = self
+            .compaction_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut state = self.state();
+            state.deleted = true;
+            for (_, member) in state.members.drain() {
+                member.signals.closed.store(true, Ordering::Release);
+            }
+        }
+        self.store.delete(&self.name)
     }
 
     /// The whole document as one v1 update.

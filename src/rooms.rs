@@ -285,6 +285,32 @@ impl Rooms {
         }
     }
 
+    /// Deletes a room: closes its sockets and removes its stored data, whether or not it is in
+    /// memory.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let slot = self.slot(name);
+        let mut guard = slot.lock().await;
+        let room = match &*guard {
+            Slot::Loaded(room) => Some(room.clone()),
+            _ => None,
+        };
+        let store = self.store.clone();
+        let owned_name = name.to_owned();
+        let deleting_room = room.clone();
+        tokio::task::spawn_blocking(move || match deleting_room {
+            Some(room) => room.delete(),
+            None => store.delete(&owned_name),
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))??;
+        if room.is_some() {
+            self.count_loaded(-1);
+        }
+        *guard = Slot::Retired;
+        self.forget(name, &slot);
+        Ok(())
+    }
+
     /// Compacts every loaded room and flushes the store: the shutdown path. Rooms stay loaded.
     pub async fn persist_all(&self) -> Result<(), StoreError> {
         let rooms = self.loaded().await;

@@ -33,6 +33,7 @@ const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
 mod close_code {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const UNSUPPORTED_DATA: u16 = 1003;
@@ -167,6 +168,9 @@ impl Session {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
+                    None if subscription.signals.closed() => {
+                        Err(End::Close(close_code::NORMAL, "room deleted".into()))
+                    }
                     None => Err(End::Close(close_code::GOING_AWAY, "room closed".into())),
                 },
                 frame = subscription.awareness.recv() => match frame {
@@ -374,6 +378,7 @@ fn apply_error(metrics: &Metrics, error: ApplyError) -> End {
                 format!("{error}; the change was not applied, do not resend it"),
             )
         }
+        ApplyError::RoomDeleted => End::Close(close_code::NORMAL, "room deleted".into()),
         ApplyError::Store(_) => {
             tracing::error!(%error, "storage failed");
             End::Close(close_code::INTERNAL_ERROR, "storage failed".into())
