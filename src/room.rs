@@ -484,16 +484,46 @@ impl Room {
         }
     }
 
-    /// The top-level shared types as JSON (text as a string, maps as objects, arrays as
-    /// arrays, XML as its string form).
+    /// The top-level shared types as JSON: text as a string, maps as objects, arrays as arrays,
+    /// XML as its string form. Root types the server never declared have no type in the
+    /// document (Yjs does not send it); it is inferred from their content, on a scratch copy
+    /// so the live document is untouched.
     pub fn to_json(&self) -> serde_json::Value {
         use yrs::types::ToJson;
-        let state = self.state();
-        let txn = state.awareness.doc().transact();
+        use yrs::{GetString, In, Out, types::AsPrelim};
+        let copy = Doc::new();
+        if let Ok(update) = Update::decode_v1(&self.encode_state()) {
+            // Re-applying our own encoding cannot fail; if it did, the view is just empty.
+            let _ = copy.transact_mut().apply_update(update);
+        }
+        let kinds: Vec<(String, In)> = {
+            let txn = copy.transact();
+            txn.root_refs()
+                .map(|(name, value): (&str, Out)| (name.to_owned(), value.as_prelim(&txn)))
+                .collect()
+        };
         let mut roots = serde_json::Map::new();
-        for (name, value) in txn.root_refs() {
-            let json = serde_json::to_value(value.to_json(&txn)).unwrap_or(serde_json::Value::Null);
-            roots.insert(name.to_owned(), json);
+        for (name, kind) in kinds {
+            let any = match kind {
+                In::Text(_) => {
+                    let text = copy.get_or_insert_text(name.as_str());
+                    yrs::Any::from(text.get_string(&copy.transact()))
+                }
+                In::Array(_) => copy
+                    .get_or_insert_array(name.as_str())
+                    .to_json(&copy.transact()),
+                In::XmlText(_) | In::XmlElement(_) | In::XmlFragment(_) => {
+                    let xml = copy.get_or_insert_xml_fragment(name.as_str());
+                    yrs::Any::from(xml.get_string(&copy.transact()))
+                }
+                _ => copy
+                    .get_or_insert_map(name.as_str())
+                    .to_json(&copy.transact()),
+            };
+            roots.insert(
+                name,
+                serde_json::to_value(any).unwrap_or(serde_json::Value::Null),
+            );
         }
         serde_json::Value::Object(roots)
     }

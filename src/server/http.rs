@@ -49,7 +49,7 @@ pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::R
 }
 
 /// Checks an admin token when auth is on; the refusal is the response to send.
-fn require_admin(shared: &Shared, token: Option<&str>) -> Option<warp::reply::Response> {
+pub(super) fn require_admin(shared: &Shared, token: Option<&str>) -> Option<warp::reply::Response> {
     let auth = shared.auth.as_ref()?;
     let error = auth.authorize_admin(token).err()?;
     Some(auth_error(&shared.metrics, &error))
@@ -63,6 +63,7 @@ pub(super) fn routes(
     + Send
     + Sync
     + 'static,
+    max_body_bytes: u64,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_shared: WithShared = with_shared.boxed();
     let healthz = warp::get()
@@ -72,12 +73,20 @@ pub(super) fn routes(
         .and(warp::path!("readyz"))
         .and(with_shared.clone())
         .then(readyz);
+    let with_shared_api = with_shared.clone();
     let metrics = warp::get()
         .and(warp::path!("metrics"))
         .and(credentials())
         .and(with_shared)
         .then(metrics);
-    healthz.or(readyz).unify().or(metrics).unify().boxed()
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(super::api::routes(with_shared_api, max_body_bytes))
+        .unify()
+        .boxed()
 }
 
 async fn readyz(shared: Arc<Shared>) -> warp::reply::Response {

@@ -8,6 +8,7 @@
 //! be refused before the upgrade (auth, connection limits, room limits) is refused with an HTTP
 //! status and a JSON reason, before any room is loaded.
 
+mod api;
 mod http;
 mod session;
 
@@ -241,9 +242,20 @@ fn routes(
         .and(with_shared.clone())
         .and_then(upgrade);
     websocket
-        .or(http::routes(with_shared))
-        .recover(|_rejection: warp::Rejection| async {
-            Ok::<_, Infallible>(http::json_error(StatusCode::NOT_FOUND, "not found"))
+        .or(http::routes(
+            with_shared,
+            shared.config.limits.max_message_bytes,
+        ))
+        .recover(|rejection: warp::Rejection| async move {
+            let (status, message) = if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body larger than --max-message-bytes",
+                )
+            } else {
+                (StatusCode::NOT_FOUND, "not found")
+            };
+            Ok::<_, Infallible>(http::json_error(status, message))
         })
 }
 

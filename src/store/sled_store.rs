@@ -110,7 +110,10 @@ fn read_u64(bytes: &[u8]) -> u64 {
 /// Parses a snapshot value and decompresses its update.
 pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, StoreError> {
     if value.len() < SNAPSHOT_HEADER || value[0] != SNAPSHOT_FORMAT {
-        return Err(corrupt(key, "snapshot header is missing or of an unknown format"));
+        return Err(corrupt(
+            key,
+            "snapshot header is missing or of an unknown format",
+        ));
     }
     let update = lz4_flex::decompress_size_prepended(&value[SNAPSHOT_HEADER..])
         .map_err(|error| corrupt(key, format!("snapshot does not decompress: {error}")))?;
