@@ -92,6 +92,14 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
+    /// PEM certificate chain: serve TLS (wss://) directly, without a reverse proxy.
+    #[arg(long, env = "YCORD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "YCORD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     #[command(flatten)]
     pub limits: Limits,
 }

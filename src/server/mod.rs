@@ -10,6 +10,7 @@
 
 mod api;
 mod http;
+mod listener;
 mod session;
 
 use std::convert::Infallible;
@@ -55,6 +56,8 @@ pub enum ServerError {
     Persist(#[from] StoreError),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] listener::TlsError),
 }
 
 /// State shared by every request and session.
@@ -121,6 +124,10 @@ impl Server {
                  reach it can read and write every room (set --auth-secret)"
             );
         }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let shutdown = CancellationToken::new();
         let store: Arc<dyn DocStore> = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
@@ -141,7 +148,7 @@ impl Server {
             sessions: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
         });
-        let task = tokio::spawn(serve(shared, listener));
+        let task = tokio::spawn(serve(shared, listener, tls));
         Ok(Server {
             local_addr,
             shutdown,
@@ -174,15 +181,20 @@ impl Server {
     }
 }
 
-async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
+async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), ServerError> {
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let flusher = tokio::spawn(flush(shared.clone()));
-    let shutdown = shared.shutdown.clone();
-    warp::serve(routes(shared.clone()))
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    listener::accept_loop(
+        listener,
+        tls,
+        warp::service(routes(shared.clone())),
+        shared.shutdown.clone(),
+    )
+    .await;
     sweeper.abort();
     flusher.abort();
     // Sessions watch the same token and close their sockets with 1001.
@@ -238,7 +250,7 @@ fn routes(
     let websocket = warp::ws()
         .and(warp::path::full())
         .and(http::credentials())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<listener::ClientAddr>())
         .and(with_shared.clone())
         .and_then(upgrade);
     websocket
@@ -263,7 +275,7 @@ async fn upgrade(
     ws: warp::ws::Ws,
     path: warp::path::FullPath,
     token: Option<String>,
-    remote: Option<SocketAddr>,
+    client: Option<listener::ClientAddr>,
     shared: Arc<Shared>,
 ) -> Result<warp::reply::Response, Infallible> {
     use warp::Reply;
@@ -282,7 +294,7 @@ async fn upgrade(
             "shutting down",
         ));
     }
-    if let Some(ip) = remote.map(|addr| addr.ip()) {
+    if let Some(ip) = client.map(|listener::ClientAddr(addr)| addr.ip()) {
         if !shared.connects_per_ip.allow(ip) {
             shared.metrics.limit_hit("connects_per_ip");
             return Ok(http::json_error(
