@@ -100,6 +100,20 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// URL that receives a signed JSON POST when a room is loaded, changes (debounced) or is
+    /// unloaded.
+    #[arg(long, env = "YCORD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret for the `X-Ycord-Signature-256` header (HMAC-SHA256 of the body) of webhooks.
+    #[arg(long, env = "YCORD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Serve `GET /metrics` (without a token) on this separate address too, for a scraper on
+    /// a private network.
+    #[arg(long, env = "YCORD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub limits: Limits,
 }

@@ -12,6 +12,7 @@
 //! - [`error`]: typed errors per domain.
 //! - [`limit`]: token buckets for update and connection rates.
 //! - [`metrics`]: the Prometheus metrics, one value per server.
+//! - [`webhooks`]: signed, debounced change notifications to a URL.
 //! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //!
 //! # The flow of one update
@@ -33,6 +34,7 @@ pub mod rooms;
 pub mod server;
 pub mod store;
 pub mod trace;
+pub mod webhooks;
 
 pub use config::{Cli, ServeConfig};
 pub use server::Server;

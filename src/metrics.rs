@@ -43,6 +43,9 @@ pub struct Metrics {
     pub persist_flush_seconds: Histogram,
     pub compactions: Counter,
     pub storage_bytes: Gauge<u64, AtomicU64>,
+    pub webhooks_sent: Counter,
+    pub webhooks_failed: Counter,
+    pub webhook_events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,9 @@ impl Metrics {
             persist_flush_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 10)),
             compactions: Counter::default(),
             storage_bytes: Gauge::default(),
+            webhooks_sent: Counter::default(),
+            webhooks_failed: Counter::default(),
+            webhook_events_dropped: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;

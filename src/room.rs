@@ -24,6 +24,7 @@ use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::DocStore;
+use crate::webhooks::{ChangeFlag, Webhooks};
 
 /// Longest room name accepted, in bytes.
 pub const MAX_ROOM_NAME_BYTES: usize = 1024;
@@ -161,6 +162,10 @@ pub struct Room {
     compacting: AtomicBool,
     /// Serializes compactions so that an older snapshot never overwrites a newer one.
     compaction_lock: Mutex<()>,
+    /// Where change events go, when webhooks are configured.
+    webhooks: Option<Webhooks>,
+    /// Set while a change event of this room waits in the webhook dispatcher.
+    webhook_flag: ChangeFlag,
 }
 
 impl std::fmt::Debug for Room {
@@ -179,6 +184,7 @@ impl Room {
         store: Arc<dyn DocStore>,
         config: RoomConfig,
         metrics: Arc<Metrics>,
+        webhooks: Option<Webhooks>,
     ) -> Result<Room, StoreError> {
         let stored = store.load(&name)?;
         for error in &stored.corrupt {
@@ -219,6 +225,8 @@ impl Room {
             idle_since: Mutex::new(Instant::now()),
             compacting: AtomicBool::new(false),
             compaction_lock: Mutex::new(()),
+            webhooks,
+            webhook_flag: ChangeFlag::default(),
         })
     }
 
@@ -328,6 +336,9 @@ impl Room {
         stored?;
         if compaction_due {
             self.schedule_compaction();
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.changed(self);
         }
         Ok(Applied::Changed)
     }
@@ -471,6 +482,17 @@ impl Room {
         self.metrics.compactions.inc();
         tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
         Ok(())
+    }
+
+    /// The flag the webhook dispatcher uses to debounce this room's changes.
+    pub(crate) fn webhook_flag(&self) -> &ChangeFlag {
+        &self.webhook_flag
+    }
+
+    /// How long since the document last changed.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self.state().last_change_ms;
+        Duration::from_millis(SystemClock.now().saturating_sub(last))
     }
 
     /// Size facts for operators.

@@ -18,6 +18,7 @@ use crate::error::{JoinError, StoreError};
 use crate::metrics::{Metrics, Reason};
 use crate::room::{Room, RoomConfig};
 use crate::store::DocStore;
+use crate::webhooks::Webhooks;
 
 enum Slot {
     /// Nobody has loaded the room yet (or loading failed).
@@ -36,6 +37,7 @@ pub struct Rooms {
     config: RoomConfig,
     limits: RoomLimits,
     metrics: Arc<Metrics>,
+    webhooks: Option<Webhooks>,
     /// Rooms in memory (slots holding `Loaded`).
     loaded_count: std::sync::atomic::AtomicUsize,
 }
@@ -77,6 +79,7 @@ impl Rooms {
         config: RoomConfig,
         limits: RoomLimits,
         metrics: Arc<Metrics>,
+        webhooks: Option<Webhooks>,
     ) -> Self {
         Rooms {
             slots: Mutex::new(HashMap::new()),
@@ -84,6 +87,7 @@ impl Rooms {
             config,
             limits,
             metrics,
+            webhooks,
             loaded_count: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -202,6 +206,9 @@ impl Rooms {
         self.count_loaded(-1);
         self.metrics.room_evictions.inc();
         tracing::debug!(room = %name, "room unloaded");
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.unloaded(room.name());
+        }
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Room>, StoreError> {
@@ -210,10 +217,15 @@ impl Rooms {
         let config = self.config.clone();
         let started = std::time::Instant::now();
         let metrics = self.metrics.clone();
-        let room = tokio::task::spawn_blocking(move || Room::load(name, store, config, metrics))
-            .await
-            .map_err(|error| StoreError::Task(error.to_string()))??;
+        let webhooks = self.webhooks.clone();
+        let room =
+            tokio::task::spawn_blocking(move || Room::load(name, store, config, metrics, webhooks))
+                .await
+                .map_err(|error| StoreError::Task(error.to_string()))??;
         tracing::debug!(room = %room.name(), elapsed_ms = started.elapsed().as_millis() as u64, "room loaded");
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.loaded(room.name());
+        }
         Ok(Arc::new(room))
     }
 

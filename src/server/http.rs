@@ -132,3 +132,19 @@ pub(super) async fn render_metrics(shared: &Arc<Shared>) -> warp::reply::Respons
     )
     .into_response()
 }
+
+/// The separate metrics listener (`--metrics-listen`): `GET /metrics` only, no token (it is
+/// meant for a private network).
+pub(super) fn metrics_only(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    warp::get()
+        .and(warp::path!("metrics"))
+        .then(move || {
+            let shared = shared.clone();
+            async move { render_metrics(&shared).await }
+        })
+        .recover(|_| async { Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "not found")) })
+        .unify()
+}

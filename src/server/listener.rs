@@ -123,7 +123,8 @@ pub async fn accept_loop<S>(
                 }
                 Some(tls) => {
                     let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                        {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
                                 tracing::debug!(%client, %error, "TLS handshake failed");

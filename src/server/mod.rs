@@ -35,6 +35,7 @@ use crate::metrics::{Metrics, Reason};
 use crate::room::MAX_ROOM_NAME_BYTES;
 use crate::rooms::{RoomLimits, Rooms};
 use crate::store::{DocStore, SledStore};
+use crate::webhooks::Webhooks;
 
 /// How often rooms are swept for idle eviction and stale awareness states.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,6 +92,8 @@ impl Drop for ConnectionPermit {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    /// Where `--metrics-listen` bound, if given.
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -113,6 +116,17 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         let auth = config
             .auth_secret
             .as_deref()
@@ -131,6 +145,17 @@ impl Server {
         let shutdown = CancellationToken::new();
         let store: Arc<dyn DocStore> = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
+        // One process-wide TLS provider for the server and the webhook client; a second
+        // installation (tests start many servers) is harmless.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let webhooks = config.webhook_url.clone().map(|url| {
+            Webhooks::start(
+                url,
+                config.webhook_secret.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+        });
         let limits = RoomLimits {
             max_rooms: usize::try_from(config.limits.max_rooms).unwrap_or(usize::MAX),
             max_connections_per_room: usize::try_from(config.limits.max_connections_per_room)
@@ -138,7 +163,13 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             base_path: config.normalized_base_path(),
-            rooms: Rooms::new(store, config.room_config(), limits, metrics.clone()),
+            rooms: Rooms::new(
+                store,
+                config.room_config(),
+                limits,
+                metrics.clone(),
+                webhooks,
+            ),
             metrics: metrics.clone(),
             auth,
             connects_per_ip: IpRateLimiter::new(config.limits.max_connects_per_ip_per_sec),
@@ -148,9 +179,18 @@ impl Server {
             sessions: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
         });
+        if let Some(metrics_listener) = metrics_listener {
+            tokio::spawn(listener::accept_loop(
+                metrics_listener,
+                None,
+                warp::service(http::metrics_only(shared.clone())),
+                shared.shutdown.clone(),
+            ));
+        }
         let task = tokio::spawn(serve(shared, listener, tls));
         Ok(Server {
             local_addr,
+            metrics_addr,
             shutdown,
             metrics,
             task,
@@ -160,6 +200,11 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the separate metrics listener, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The server's metrics.
