@@ -24,14 +24,69 @@ pub struct Cli {
 pub enum Command {
     /// Serve Yjs rooms over WebSockets (the default).
     Serve(ServeConfig),
+    /// Write a room's document as a binary v1 update to FILE (or stdout). Stopped server only.
+    Export {
+        room: String,
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Merge a binary v1 update from FILE into a room. Stopped server only.
+    Import {
+        room: String,
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fold rooms' update logs into their snapshots. Stopped server only.
+    Compact {
+        /// The room to compact.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        room: Option<String>,
+        /// Compact every stored room.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List stored rooms with their sizes, or describe one room. Stopped server only.
+    Inspect {
+        room: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the admin commands find the store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory of the sled store (the same as the server's `--data-dir`).
+    #[arg(long, env = "YCORD_DATA_DIR", default_value = "./ycord-data")]
+    pub data_dir: PathBuf,
+}
+
+/// What the binary was asked to do.
+#[derive(Debug)]
+pub enum Action {
+    Serve(ServeConfig),
+    Admin(Command),
 }
 
 impl Cli {
-    /// The serve configuration, whether given with or without the subcommand.
-    pub fn into_serve_config(self) -> ServeConfig {
+    /// The action, with `ycord` alone meaning `ycord serve`.
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Serve(config)) => config,
-            None => self.serve,
+            Some(Command::Serve(config)) => Action::Serve(config),
+            Some(admin) => Action::Admin(admin),
+            None => Action::Serve(self.serve),
+        }
+    }
+
+    /// The serve configuration of a `serve` invocation (tests and tools).
+    pub fn into_serve_config(self) -> ServeConfig {
+        match self.into_action() {
+            Action::Serve(config) => config,
+            Action::Admin(_) => Cli::parse_from(["ycord"]).serve,
         }
     }
 }

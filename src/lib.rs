@@ -2,6 +2,7 @@
 //!
 //! # Map of the crate
 //!
+//! - [`admin`]: export, import, compact and inspect a stopped server's data directory.
 //! - [`auth`]: JWT verification and room grants.
 //! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
 //! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
@@ -23,6 +24,7 @@
 //! them to its socket. sled flushes the log within the durability window, and compaction
 //! folds the log into an lz4-compressed snapshot.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
