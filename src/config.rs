@@ -20,6 +20,8 @@ pub struct Cli {
     pub serve: ServeConfig,
 }
 
+// `Serve` is much larger than the admin variants; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Yjs rooms over WebSockets (the default).
