@@ -31,8 +31,14 @@ pub const MAX_ROOM_NAME_BYTES: usize = 1024;
 
 /// Capacity of a member's document-update queue, in frames. Overflow policy: the member is
 /// removed from the room and its connection closed with 1013, so that it resyncs on reconnect.
-/// An update is never silently skipped.
-pub const UPDATE_QUEUE_CAPACITY: usize = 512;
+/// An update is never silently skipped. The queue's blocks are allocated only while frames
+/// wait, so an idle member costs almost nothing however large this is.
+pub const UPDATE_QUEUE_CAPACITY: usize = 4096;
+
+/// A member whose queue holds more than this many frames counts as behind: writers then yield
+/// after each update, so that a fast writer cannot starve the readers' tasks of CPU (bursts
+/// from one pipelining writer otherwise overflow readers that are merely not scheduled).
+pub const BEHIND_WATERMARK: usize = UPDATE_QUEUE_CAPACITY / 4;
 
 /// Capacity of a member's awareness queue, in frames. Overflow policy: the frame is dropped and
 /// the member flagged; its session then sends one full awareness state (the latest state per
@@ -166,6 +172,9 @@ pub struct Room {
     webhooks: Option<Webhooks>,
     /// Set while a change event of this room waits in the webhook dispatcher.
     webhook_flag: ChangeFlag,
+    /// Whether, at the last broadcast, some member had more than [`BEHIND_WATERMARK`] frames
+    /// waiting.
+    members_behind: AtomicBool,
 }
 
 impl std::fmt::Debug for Room {
@@ -227,6 +236,7 @@ impl Room {
             compaction_lock: Mutex::new(()),
             webhooks,
             webhook_flag: ChangeFlag::default(),
+            members_behind: AtomicBool::new(false),
         })
     }
 
@@ -324,7 +334,8 @@ impl Room {
             .persist_write_seconds
             .observe(started.elapsed().as_secs_f64());
         let frame = protocol::encode_update(&delta);
-        broadcast_update(&mut state, &frame);
+        let behind = broadcast_update(&mut state, &frame);
+        self.members_behind.store(behind, Ordering::Relaxed);
         self.metrics
             .broadcast_frames
             .inc_by(state.members.len() as u64);
@@ -398,6 +409,11 @@ impl Room {
             tracing::debug!(room = %self.name, count = expired.len(), "expiring awareness states");
             remove_awareness_states(&mut state, expired);
         }
+    }
+
+    /// Whether some member was behind at the last broadcast (see [`BEHIND_WATERMARK`]).
+    pub fn members_behind(&self) -> bool {
+        self.members_behind.load(Ordering::Relaxed)
     }
 
     /// Connections currently open on this room.
@@ -579,12 +595,17 @@ impl Room {
 }
 
 /// Queues a document-update frame for every member. A member whose queue is full is removed
-/// and flagged as lagged; its session closes it with 1013.
-fn broadcast_update(state: &mut RoomState, frame: &Bytes) {
+/// and flagged as lagged; its session closes it with 1013. Returns whether some member is
+/// behind (more than [`BEHIND_WATERMARK`] frames waiting).
+fn broadcast_update(state: &mut RoomState, frame: &Bytes) -> bool {
+    let mut behind = false;
     state
         .members
         .retain(|_, member| match member.updates.try_send(frame.clone()) {
-            Ok(()) => true,
+            Ok(()) => {
+                behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK;
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 member.signals.lagged.store(true, Ordering::Release);
                 false
@@ -592,6 +613,7 @@ fn broadcast_update(state: &mut RoomState, frame: &Bytes) {
             // The session is gone and will unsubscribe; nothing to keep.
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+    behind
 }
 
 /// Queues an awareness frame for every member; on a full queue the frame is dropped for that

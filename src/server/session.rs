@@ -283,8 +283,12 @@ impl Session {
             .inc_by(update.len() as u64);
         self.room
             .apply_update(update)
-            .map(|_| ())
-            .map_err(|error| apply_error(&self.metrics, error))
+            .map_err(|error| apply_error(&self.metrics, error))?;
+        if self.room.members_behind() {
+            // Let the readers' sessions run before taking the next update.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     /// Sends one queued update frame and whatever else is already queued, then flushes once.
