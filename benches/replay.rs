@@ -20,6 +20,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use ycord::error::StoreError;
+use ycord::metrics::Metrics;
 use ycord::protocol::{self, Inbound};
 use ycord::room::{Applied, Room, RoomConfig, Subscription};
 use ycord::store::{DocStore, RoomStats, SledStore, StoredDoc};
@@ -83,20 +84,24 @@ fn config() -> RoomConfig {
     RoomConfig {
         compact_log_updates: u64::MAX,
         compact_log_bytes: u64::MAX,
+        max_doc_bytes: u64::MAX,
         awareness_timeout: Duration::from_secs(30),
     }
 }
 
 fn load_room(store: &Arc<SledStore>) -> Arc<Room> {
     let store: Arc<dyn DocStore> = store.clone();
-    Arc::new(Room::load(ROOM.into(), store, config()).expect("room loads"))
+    Arc::new(
+        Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
+            .expect("room loads"),
+    )
 }
 
 /// A store holding the room as one snapshot covering sequence numbers up to `through_seq`.
 fn store_with_snapshot(state: &[u8], through_seq: u64) -> Arc<SledStore> {
     let store = SledStore::temporary().expect("temporary store opens");
     store
-        .compact(ROOM, state, through_seq)
+        .compact(ROOM, state, through_seq, 0)
         .expect("snapshot written");
     Arc::new(store)
 }
@@ -238,7 +243,10 @@ fn room_apply(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let store: Arc<dyn DocStore> = Arc::new(NullStore);
-                Arc::new(Room::load(ROOM.into(), store, config()).expect("room loads"))
+                Arc::new(
+                    Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
+                        .expect("room loads"),
+                )
             },
             |room| {
                 apply_all(&room, &mut [], &trace.updates[..CHUNK]);
@@ -295,7 +303,7 @@ fn sled_append(c: &mut Criterion) {
                     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
                         .expect("temporary directory");
                     // The background flusher stays out of the way: the bench flushes itself.
-                    let store = SledStore::open(dir.path(), 60_000).expect("store opens");
+                    let store = SledStore::open(dir.path()).expect("store opens");
                     (store, dir)
                 },
                 |(store, dir)| {
@@ -321,8 +329,14 @@ fn compaction(c: &mut Criterion) {
         // The setup below does what it claims: compaction leaves only a snapshot, and the
         // room loads back from it.
         let store = store_with_snapshot_and_tail(trace);
-        let room =
-            Room::load(ROOM.into(), Arc::new(LogAs(store.clone())), config()).expect("room loads");
+        let room = Room::load(
+            ROOM.into(),
+            Arc::new(LogAs(store.clone())),
+            config(),
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .expect("room loads");
         room.compact().expect("compaction");
         let stats = store.stats(ROOM).expect("stats");
         assert_eq!(stats.log_entries, 0, "compaction left log entries");
@@ -338,8 +352,14 @@ fn compaction(c: &mut Criterion) {
                 // updates per sample, while compaction still removes every real log entry.
                 let store = store_with_log(&trace.updates);
                 let room = Arc::new(
-                    Room::load(ROOM.into(), Arc::new(LogAs(store.clone())), config())
-                        .expect("room loads"),
+                    Room::load(
+                        ROOM.into(),
+                        Arc::new(LogAs(store.clone())),
+                        config(),
+                        Arc::new(Metrics::new()),
+                        None,
+                    )
+                    .expect("room loads"),
                 );
                 (room, store)
             },
@@ -356,8 +376,14 @@ fn compaction(c: &mut Criterion) {
             || {
                 let store = store_with_snapshot_and_tail(trace);
                 let room = Arc::new(
-                    Room::load(ROOM.into(), Arc::new(LogAs(store.clone())), config())
-                        .expect("room loads"),
+                    Room::load(
+                        ROOM.into(),
+                        Arc::new(LogAs(store.clone())),
+                        config(),
+                        Arc::new(Metrics::new()),
+                        None,
+                    )
+                    .expect("room loads"),
                 );
                 (room, store)
             },
@@ -381,7 +407,7 @@ impl DocStore for NullStore {
     fn append(&self, _room: &str, _seq: u64, _update: &[u8]) -> Result<(), StoreError> {
         Ok(())
     }
-    fn compact(&self, _room: &str, _snapshot: &[u8], _through: u64) -> Result<(), StoreError> {
+    fn compact(&self, _: &str, _: &[u8], _: u64, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
     fn delete(&self, _room: &str) -> Result<(), StoreError> {
@@ -395,6 +421,12 @@ impl DocStore for NullStore {
     }
     fn rooms(&self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -411,13 +443,20 @@ impl DocStore for LogAs {
             log: vec![automerge().full_state.clone()],
             next_seq: real.next_seq,
             corrupt: Vec::new(),
+            last_change_ms: None,
         })
     }
     fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
         self.0.append(room, seq, update)
     }
-    fn compact(&self, room: &str, snapshot: &[u8], through_seq: u64) -> Result<(), StoreError> {
-        self.0.compact(room, snapshot, through_seq)
+    fn compact(
+        &self,
+        room: &str,
+        snapshot: &[u8],
+        through_seq: u64,
+        last_change_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.0.compact(room, snapshot, through_seq, last_change_ms)
     }
     fn delete(&self, room: &str) -> Result<(), StoreError> {
         self.0.delete(room)
@@ -430,6 +469,12 @@ impl DocStore for LogAs {
     }
     fn rooms(&self) -> Result<Vec<String>, StoreError> {
         self.0.rooms()
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.0.size_on_disk()
+    }
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.0.check_writable()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::room::RoomConfig;
 
 /// ycord: a collaborative document sync server for Yjs clients.
 #[derive(Debug, Parser)]
-#[command(name = "ycord", version, about, long_about = None)]
+#[command(name = "ycord", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -20,18 +20,75 @@ pub struct Cli {
     pub serve: ServeConfig,
 }
 
+// `Serve` is much larger than the admin variants; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Yjs rooms over WebSockets (the default).
     Serve(ServeConfig),
+    /// Write a room's document as a binary v1 update to FILE (or stdout). Stopped server only.
+    Export {
+        room: String,
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Merge a binary v1 update from FILE into a room. Stopped server only.
+    Import {
+        room: String,
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Fold rooms' update logs into their snapshots. Stopped server only.
+    Compact {
+        /// The room to compact.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        room: Option<String>,
+        /// Compact every stored room.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List stored rooms with their sizes, or describe one room. Stopped server only.
+    Inspect {
+        room: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the admin commands find the store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory of the sled store (the same as the server's `--data-dir`).
+    #[arg(long, env = "YCORD_DATA_DIR", default_value = "./ycord-data")]
+    pub data_dir: PathBuf,
+}
+
+/// What the binary was asked to do.
+#[derive(Debug)]
+pub enum Action {
+    Serve(ServeConfig),
+    Admin(Command),
 }
 
 impl Cli {
-    /// The serve configuration, whether given with or without the subcommand.
-    pub fn into_serve_config(self) -> ServeConfig {
+    /// The action, with `ycord` alone meaning `ycord serve`.
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Serve(config)) => config,
-            None => self.serve,
+            Some(Command::Serve(config)) => Action::Serve(config),
+            Some(admin) => Action::Admin(admin),
+            None => Action::Serve(self.serve),
+        }
+    }
+
+    /// The serve configuration of a `serve` invocation (tests and tools).
+    pub fn into_serve_config(self) -> ServeConfig {
+        match self.into_action() {
+            Action::Serve(config) => config,
+            Action::Admin(_) => Cli::parse_from(["ycord"]).serve,
         }
     }
 }
@@ -66,10 +123,6 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_ROOM_IDLE_SECS", default_value_t = 30)]
     pub room_idle_secs: u64,
 
-    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
-    #[arg(long, env = "YCORD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 32))]
-    pub max_message_bytes: u64,
-
     /// Compact a room once its update log holds this many updates.
     #[arg(long, env = "YCORD_COMPACT_LOG_UPDATES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub compact_log_updates: u64,
@@ -90,6 +143,77 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "YCORD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// HS256 secret for client tokens. When set, every WebSocket upgrade and every HTTP request
+    /// except the health checks must carry a JWT (`?token=` or `Authorization: Bearer`).
+    #[arg(long, env = "YCORD_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// PEM certificate chain: serve TLS (wss://) directly, without a reverse proxy.
+    #[arg(long, env = "YCORD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "YCORD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// URL that receives a signed JSON POST when a room is loaded, changes (debounced) or is
+    /// unloaded.
+    #[arg(long, env = "YCORD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret for the `X-Ycord-Signature-256` header (HMAC-SHA256 of the body) of webhooks.
+    #[arg(long, env = "YCORD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Serve `GET /metrics` (without a token) on this separate address too, for a scraper on
+    /// a private network.
+    #[arg(long, env = "YCORD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Resource limits. Each refusal is counted in `ycord_limit_hits_total{reason=...}`.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection (1009).
+    #[arg(long, env = "YCORD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64..=1 << 32))]
+    pub max_message_bytes: u64,
+
+    /// Largest document a room may hold, in bytes of its v1 encoding; an update that would pass
+    /// it is refused (1009) and the document stays as it was.
+    #[arg(long, env = "YCORD_MAX_DOC_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_doc_bytes: u64,
+
+    /// Most WebSocket connections open at once; more are refused with HTTP 503.
+    #[arg(long, env = "YCORD_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Most connections to one room; more are refused with HTTP 503.
+    #[arg(long, env = "YCORD_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_room: u64,
+
+    /// Most rooms in memory; idle rooms are evicted first, then new rooms are refused (HTTP 503).
+    #[arg(long, env = "YCORD_MAX_ROOMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rooms: u64,
+
+    /// Sustained document updates per second one connection may send (a burst of five seconds'
+    /// worth is allowed); beyond it the connection is closed (1008).
+    #[arg(long, env = "YCORD_MAX_UPDATES_PER_SEC", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_updates_per_sec: u64,
+
+    /// New WebSocket connections per second from one IP address (a burst of five seconds' worth
+    /// is allowed); beyond it upgrades are refused with HTTP 429. Raise it behind a proxy that
+    /// makes every client come from one address.
+    #[arg(long, env = "YCORD_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connects_per_ip_per_sec: u64,
+
+    /// Seconds a new connection has to send its first message (clients send SyncStep1 at
+    /// once); a silent one is closed (1008).
+    #[arg(long, env = "YCORD_FIRST_MESSAGE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_message_secs: u64,
 }
 
 impl ServeConfig {
@@ -106,6 +230,7 @@ impl ServeConfig {
         RoomConfig {
             compact_log_updates: self.compact_log_updates,
             compact_log_bytes: self.compact_log_bytes,
+            max_doc_bytes: self.limits.max_doc_bytes,
             awareness_timeout: Duration::from_secs(self.awareness_timeout_secs),
         }
     }

@@ -33,8 +33,12 @@ pub enum ApplyError {
     InvalidUpdate(String),
     #[error("invalid awareness update: {0}")]
     InvalidAwareness(String),
+    #[error("the document would grow past its {limit}-byte limit")]
+    DocumentTooLarge { limit: u64 },
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
+    #[error("the room was deleted")]
+    RoomDeleted,
 }
 
 /// A failure of the document store.
@@ -57,4 +61,15 @@ pub enum RoomNameError {
     TooLong(usize),
     #[error("room name is not valid UTF-8 after percent-decoding")]
     NotUtf8,
+}
+
+/// Why a connection could not join a room.
+#[derive(Debug, Error)]
+pub enum JoinError {
+    #[error("loading the room failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("too many rooms in memory and none idle")]
+    TooManyRooms,
+    #[error("the room has reached its connection limit")]
+    RoomFull,
 }

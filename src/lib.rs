@@ -2,6 +2,8 @@
 //!
 //! # Map of the crate
 //!
+//! - [`admin`]: export, import, compact and inspect a stopped server's data directory.
+//! - [`auth`]: JWT verification and room grants.
 //! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
 //! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
 //! - [`room`]: one document with its awareness states, members' queues and persistence.
@@ -9,6 +11,9 @@
 //! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
 //! - [`server`]: binding, routes, WebSocket sessions, graceful shutdown.
 //! - [`error`]: typed errors per domain.
+//! - [`limit`]: token buckets for update and connection rates.
+//! - [`metrics`]: the Prometheus metrics, one value per server.
+//! - [`webhooks`]: signed, debounced change notifications to a URL.
 //! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //!
 //! # The flow of one update
@@ -19,14 +24,19 @@
 //! them to its socket. sled flushes the log within the durability window, and compaction
 //! folds the log into an lz4-compressed snapshot.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limit;
+pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod store;
 pub mod trace;
+pub mod webhooks;
 
 pub use config::{Cli, ServeConfig};
 pub use server::Server;

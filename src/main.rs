@@ -1,16 +1,24 @@
 //! The `ycord` binary: parse the configuration, set up logging, serve until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use ycord::config::LogFormat;
+use ycord::config::{Action, LogFormat};
 use ycord::{Cli, Server};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Cli::parse().into_serve_config();
+    let config = match Cli::parse().into_action() {
+        Action::Serve(config) => config,
+        Action::Admin(command) => return admin(command),
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -62,4 +70,15 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+fn admin(command: ycord::config::Command) -> std::process::ExitCode {
+    let stdout = std::io::stdout();
+    match ycord::admin::run(command, &mut stdout.lock()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ycord: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -21,16 +21,24 @@ use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::error::{ApplyError, StoreError};
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::DocStore;
+use crate::webhooks::{ChangeFlag, Webhooks};
 
 /// Longest room name accepted, in bytes.
 pub const MAX_ROOM_NAME_BYTES: usize = 1024;
 
 /// Capacity of a member's document-update queue, in frames. Overflow policy: the member is
 /// removed from the room and its connection closed with 1013, so that it resyncs on reconnect.
-/// An update is never silently skipped.
-pub const UPDATE_QUEUE_CAPACITY: usize = 512;
+/// An update is never silently skipped. The queue's blocks are allocated only while frames
+/// wait, so an idle member costs almost nothing however large this is.
+pub const UPDATE_QUEUE_CAPACITY: usize = 4096;
+
+/// A member whose queue holds more than this many frames counts as behind: writers then yield
+/// after each update, so that a fast writer cannot starve the readers' tasks of CPU (bursts
+/// from one pipelining writer otherwise overflow readers that are merely not scheduled).
+pub const BEHIND_WATERMARK: usize = UPDATE_QUEUE_CAPACITY / 4;
 
 /// Capacity of a member's awareness queue, in frames. Overflow policy: the frame is dropped and
 /// the member flagged; its session then sends one full awareness state (the latest state per
@@ -50,6 +58,8 @@ pub struct RoomConfig {
     pub compact_log_updates: u64,
     /// Compact once the log holds this many bytes.
     pub compact_log_bytes: u64,
+    /// Largest document, in bytes of stored v1 encoding (snapshot plus log).
+    pub max_doc_bytes: u64,
     /// Awareness states not renewed within this are removed.
     pub awareness_timeout: Duration,
 }
@@ -61,12 +71,19 @@ pub struct MemberSignals {
     lagged: AtomicBool,
     /// An awareness frame was dropped for this member: send a full awareness state.
     awareness_dropped: AtomicBool,
+    /// The room was closed (deleted) under the member.
+    closed: AtomicBool,
 }
 
 impl MemberSignals {
     /// Whether the room removed this member for falling behind.
     pub fn lagged(&self) -> bool {
         self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Whether the room was closed (deleted) under this member.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Returns and clears the "awareness dropped" flag.
@@ -97,6 +114,18 @@ pub struct Greeting {
     pub awareness: Option<Bytes>,
 }
 
+/// What the HTTP API reports about a loaded room.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub connections: usize,
+    /// Bytes of the stored v1 encoding: the last snapshot plus the log since.
+    pub doc_bytes: u64,
+    /// Updates in the log since the last compaction.
+    pub log_updates: u64,
+    /// When the document last changed, ms since the epoch (0: not since it was created).
+    pub last_change_ms: u64,
+}
+
 /// The result of applying a client's update.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -115,6 +144,12 @@ struct RoomState {
     /// Updates and bytes appended since the last compaction.
     log_updates: u64,
     log_bytes: u64,
+    /// Size of the last snapshot (uncompressed v1); with `log_bytes`, the document's size.
+    snapshot_bytes: u64,
+    /// When the document last changed (ms since the epoch; 0 if never recorded).
+    last_change_ms: u64,
+    /// Set when the room is deleted: nothing may be applied or stored any more.
+    deleted: bool,
 }
 
 /// One collaborative document and everyone editing it.
@@ -123,6 +158,7 @@ pub struct Room {
     state: Mutex<RoomState>,
     store: Arc<dyn DocStore>,
     config: RoomConfig,
+    metrics: Arc<Metrics>,
     /// Open connections, counted by the registry (which changes it only under its slot lock,
     /// so that eviction and joining cannot race).
     connections: AtomicUsize,
@@ -132,6 +168,13 @@ pub struct Room {
     compacting: AtomicBool,
     /// Serializes compactions so that an older snapshot never overwrites a newer one.
     compaction_lock: Mutex<()>,
+    /// Where change events go, when webhooks are configured.
+    webhooks: Option<Webhooks>,
+    /// Set while a change event of this room waits in the webhook dispatcher.
+    webhook_flag: ChangeFlag,
+    /// Whether, at the last broadcast, some member had more than [`BEHIND_WATERMARK`] frames
+    /// waiting.
+    members_behind: AtomicBool,
 }
 
 impl std::fmt::Debug for Room {
@@ -149,6 +192,8 @@ impl Room {
         name: Arc<str>,
         store: Arc<dyn DocStore>,
         config: RoomConfig,
+        metrics: Arc<Metrics>,
+        webhooks: Option<Webhooks>,
     ) -> Result<Room, StoreError> {
         let stored = store.load(&name)?;
         for error in &stored.corrupt {
@@ -168,9 +213,8 @@ impl Room {
                 }
             }
         }
-        if let Some(snapshot) = &stored.snapshot {
-            log_bytes -= snapshot.len() as u64;
-        }
+        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+        log_bytes -= snapshot_bytes;
         Ok(Room {
             state: Mutex::new(RoomState {
                 awareness: Awareness::new(doc),
@@ -178,14 +222,21 @@ impl Room {
                 next_seq: stored.next_seq,
                 log_updates: stored.log.len() as u64,
                 log_bytes,
+                snapshot_bytes,
+                last_change_ms: stored.last_change_ms.unwrap_or(0),
+                deleted: false,
             }),
             name,
             store,
             config,
+            metrics,
             connections: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             compacting: AtomicBool::new(false),
             compaction_lock: Mutex::new(()),
+            webhooks,
+            webhook_flag: ChangeFlag::default(),
+            members_behind: AtomicBool::new(false),
         })
     }
 
@@ -254,6 +305,15 @@ impl Room {
         let decoded = Update::decode_v1(update)
             .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
         let mut state = self.state();
+        if state.deleted {
+            return Err(ApplyError::RoomDeleted);
+        }
+        if state.snapshot_bytes + state.log_bytes + update.len() as u64 > self.config.max_doc_bytes
+        {
+            return Err(ApplyError::DocumentTooLarge {
+                limit: self.config.max_doc_bytes,
+            });
+        }
         let delta = {
             let mut txn = state.awareness.doc().transact_mut();
             txn.apply_update(decoded)
@@ -265,11 +325,20 @@ impl Room {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
+        state.last_change_ms = SystemClock.now();
         state.log_updates += 1;
         state.log_bytes += delta.len() as u64;
+        let started = Instant::now();
         let stored = self.store.append(&self.name, seq, &delta);
+        self.metrics
+            .persist_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         let frame = protocol::encode_update(&delta);
-        broadcast_update(&mut state, &frame);
+        let behind = broadcast_update(&mut state, &frame);
+        self.members_behind.store(behind, Ordering::Relaxed);
+        self.metrics
+            .broadcast_frames
+            .inc_by(state.members.len() as u64);
         let compaction_due = state.log_updates >= self.config.compact_log_updates
             || state.log_bytes >= self.config.compact_log_bytes;
         drop(state);
@@ -278,6 +347,9 @@ impl Room {
         stored?;
         if compaction_due {
             self.schedule_compaction();
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.changed(self);
         }
         Ok(Applied::Changed)
     }
@@ -305,6 +377,9 @@ impl Room {
             .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
         if summary.is_some() {
             broadcast_awareness(&mut state, protocol::encode_awareness(payload));
+            self.metrics
+                .broadcast_frames
+                .inc_by(state.members.len() as u64);
         }
         Ok(())
     }
@@ -334,6 +409,11 @@ impl Room {
             tracing::debug!(room = %self.name, count = expired.len(), "expiring awareness states");
             remove_awareness_states(&mut state, expired);
         }
+    }
+
+    /// Whether some member was behind at the last broadcast (see [`BEHIND_WATERMARK`]).
+    pub fn members_behind(&self) -> bool {
+        self.members_behind.load(Ordering::Relaxed)
     }
 
     /// Connections currently open on this room.
@@ -393,9 +473,9 @@ impl Room {
             .compaction_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (snapshot, through_seq) = {
+        let (snapshot, through_seq, last_change_ms) = {
             let mut state = self.state();
-            if state.log_updates == 0 {
+            if state.log_updates == 0 || state.deleted {
                 return Ok(());
             }
             let snapshot = state
@@ -405,12 +485,103 @@ impl Room {
                 .encode_state_as_update_v1(&StateVector::default());
             state.log_updates = 0;
             state.log_bytes = 0;
+            state.snapshot_bytes = snapshot.len() as u64;
             // `next_seq` is never 0 here: `log_updates > 0` means something was appended or loaded.
-            (snapshot, state.next_seq.saturating_sub(1))
+            (
+                snapshot,
+                state.next_seq.saturating_sub(1),
+                state.last_change_ms,
+            )
         };
-        self.store.compact(&self.name, &snapshot, through_seq)?;
+        self.store
+            .compact(&self.name, &snapshot, through_seq, last_change_ms)?;
+        self.metrics.compactions.inc();
         tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
         Ok(())
+    }
+
+    /// The flag the webhook dispatcher uses to debounce this room's changes.
+    pub(crate) fn webhook_flag(&self) -> &ChangeFlag {
+        &self.webhook_flag
+    }
+
+    /// How long since the document last changed.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self.state().last_change_ms;
+        Duration::from_millis(SystemClock.now().saturating_sub(last))
+    }
+
+    /// Size facts for operators.
+    pub fn info(&self) -> RoomInfo {
+        let state = self.state();
+        RoomInfo {
+            connections: self.connection_count(),
+            doc_bytes: state.snapshot_bytes + state.log_bytes,
+            log_updates: state.log_updates,
+            last_change_ms: state.last_change_ms,
+        }
+    }
+
+    /// The top-level shared types as JSON: text as a string, maps as objects, arrays as arrays,
+    /// XML as its string form. Root types the server never declared have no type in the
+    /// document (Yjs does not send it); it is inferred from their content, on a scratch copy
+    /// so the live document is untouched.
+    pub fn to_json(&self) -> serde_json::Value {
+        use yrs::types::ToJson;
+        use yrs::{GetString, In, Out, types::AsPrelim};
+        let copy = Doc::new();
+        if let Ok(update) = Update::decode_v1(&self.encode_state()) {
+            // Re-applying our own encoding cannot fail; if it did, the view is just empty.
+            let _ = copy.transact_mut().apply_update(update);
+        }
+        let kinds: Vec<(String, In)> = {
+            let txn = copy.transact();
+            txn.root_refs()
+                .map(|(name, value): (&str, Out)| (name.to_owned(), value.as_prelim(&txn)))
+                .collect()
+        };
+        let mut roots = serde_json::Map::new();
+        for (name, kind) in kinds {
+            let any = match kind {
+                In::Text(_) => {
+                    let text = copy.get_or_insert_text(name.as_str());
+                    yrs::Any::from(text.get_string(&copy.transact()))
+                }
+                In::Array(_) => copy
+                    .get_or_insert_array(name.as_str())
+                    .to_json(&copy.transact()),
+                In::XmlText(_) | In::XmlElement(_) | In::XmlFragment(_) => {
+                    let xml = copy.get_or_insert_xml_fragment(name.as_str());
+                    yrs::Any::from(xml.get_string(&copy.transact()))
+                }
+                _ => copy
+                    .get_or_insert_map(name.as_str())
+                    .to_json(&copy.transact()),
+            };
+            roots.insert(
+                name,
+                serde_json::to_value(any).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        serde_json::Value::Object(roots)
+    }
+
+    /// Deletes the room: every member's session ends, nothing more is applied, and its stored
+    /// data is removed. Blocking. Holding the compaction lock keeps a running compaction from
+    /// writing a snapshot back after the delete.
+    pub fn delete(&self) -> Result<(), StoreError> {
+        let _no_compaction = self
+            .compaction_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut state = self.state();
+            state.deleted = true;
+            for (_, member) in state.members.drain() {
+                member.signals.closed.store(true, Ordering::Release);
+            }
+        }
+        self.store.delete(&self.name)
     }
 
     /// The whole document as one v1 update.
@@ -424,12 +595,17 @@ impl Room {
 }
 
 /// Queues a document-update frame for every member. A member whose queue is full is removed
-/// and flagged as lagged; its session closes it with 1013.
-fn broadcast_update(state: &mut RoomState, frame: &Bytes) {
+/// and flagged as lagged; its session closes it with 1013. Returns whether some member is
+/// behind (more than [`BEHIND_WATERMARK`] frames waiting).
+fn broadcast_update(state: &mut RoomState, frame: &Bytes) -> bool {
+    let mut behind = false;
     state
         .members
         .retain(|_, member| match member.updates.try_send(frame.clone()) {
-            Ok(()) => true,
+            Ok(()) => {
+                behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK;
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 member.signals.lagged.store(true, Ordering::Release);
                 false
@@ -437,6 +613,7 @@ fn broadcast_update(state: &mut RoomState, frame: &Bytes) {
             // The session is gone and will unsubscribe; nothing to keep.
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+    behind
 }
 
 /// Queues an awareness frame for every member; on a full queue the frame is dropped for that

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::error::StoreError;
+use crate::error::{JoinError, StoreError};
+use crate::metrics::{Metrics, Reason};
 use crate::room::{Room, RoomConfig};
 use crate::store::DocStore;
+use crate::webhooks::Webhooks;
 
 enum Slot {
     /// Nobody has loaded the room yet (or loading failed).
@@ -33,6 +35,18 @@ pub struct Rooms {
     slots: Mutex<HashMap<Arc<str>, SharedSlot>>,
     store: Arc<dyn DocStore>,
     config: RoomConfig,
+    limits: RoomLimits,
+    metrics: Arc<Metrics>,
+    webhooks: Option<Webhooks>,
+    /// Rooms in memory (slots holding `Loaded`).
+    loaded_count: std::sync::atomic::AtomicUsize,
+}
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    pub max_rooms: usize,
+    pub max_connections_per_room: usize,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -60,11 +74,37 @@ impl Drop for RoomLease {
 }
 
 impl Rooms {
-    pub fn new(store: Arc<dyn DocStore>, config: RoomConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        config: RoomConfig,
+        limits: RoomLimits,
+        metrics: Arc<Metrics>,
+        webhooks: Option<Webhooks>,
+    ) -> Self {
         Rooms {
             slots: Mutex::new(HashMap::new()),
             store,
             config,
+            limits,
+            metrics,
+            webhooks,
+            loaded_count: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Rooms in memory now.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded_count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn count_loaded(&self, delta: isize) {
+        use std::sync::atomic::Ordering;
+        if delta > 0 {
+            self.loaded_count.fetch_add(1, Ordering::AcqRel);
+            self.metrics.rooms_loaded.inc();
+        } else {
+            self.loaded_count.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rooms_loaded.dec();
         }
     }
 
@@ -84,21 +124,90 @@ impl Rooms {
 
     /// Joins a room, loading it first if it is not in memory. The returned lease counts as a
     /// connection until dropped.
-    pub async fn join(&self, name: &str) -> Result<RoomLease, StoreError> {
+    pub async fn join(&self, name: &str) -> Result<RoomLease, JoinError> {
         loop {
             let slot = self.slot(name);
             let mut guard = slot.lock().await;
             let room = match &*guard {
                 Slot::Retired => continue,
-                Slot::Loaded(room) => room.clone(),
+                Slot::Loaded(room) => {
+                    self.metrics
+                        .room_lookups
+                        .get_or_create(&Reason { reason: "hit" })
+                        .inc();
+                    room.clone()
+                }
                 Slot::Empty => {
+                    self.metrics
+                        .room_lookups
+                        .get_or_create(&Reason { reason: "miss" })
+                        .inc();
+                    if self.loaded_count() >= self.limits.max_rooms {
+                        self.evict_idle(self.loaded_count() + 1 - self.limits.max_rooms)
+                            .await;
+                        if self.loaded_count() >= self.limits.max_rooms {
+                            return Err(JoinError::TooManyRooms);
+                        }
+                    }
                     let room = self.load(name).await?;
                     *guard = Slot::Loaded(room.clone());
+                    self.count_loaded(1);
                     room
                 }
             };
+            if room.connection_count() >= self.limits.max_connections_per_room {
+                return Err(JoinError::RoomFull);
+            }
             room.add_connection();
             return Ok(RoomLease { room });
+        }
+    }
+
+    /// Unloads up to `wanted` rooms without connections, longest idle first, to make space.
+    async fn evict_idle(&self, wanted: usize) {
+        let mut idle: Vec<(std::time::Duration, Arc<str>, SharedSlot)> = Vec::new();
+        for (name, slot) in self.all_slots() {
+            if let Ok(guard) = slot.try_lock() {
+                if let Slot::Loaded(room) = &*guard {
+                    if let Some(elapsed) = room.idle_for() {
+                        idle.push((elapsed, name, slot.clone()));
+                    }
+                }
+            }
+        }
+        idle.sort_by_key(|(elapsed, _, _)| std::cmp::Reverse(*elapsed));
+        for (_, name, slot) in idle.into_iter().take(wanted) {
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Slot::Loaded(room) = &*guard {
+                if room.idle_for().is_some() {
+                    let room = room.clone();
+                    self.retire(&name, &slot, &mut guard, &room).await;
+                }
+            }
+        }
+    }
+
+    fn all_slots(&self) -> Vec<(Arc<str>, SharedSlot)> {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.clone()))
+            .collect()
+    }
+
+    /// Compacts, flushes and forgets a room whose slot lock the caller holds.
+    async fn retire(&self, name: &str, slot: &SharedSlot, guard: &mut Slot, room: &Arc<Room>) {
+        self.unload(room).await;
+        *guard = Slot::Retired;
+        self.forget(name, slot);
+        self.count_loaded(-1);
+        self.metrics.room_evictions.inc();
+        tracing::debug!(room = %name, "room unloaded");
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.unloaded(room.name());
         }
     }
 
@@ -107,10 +216,16 @@ impl Rooms {
         let store = self.store.clone();
         let config = self.config.clone();
         let started = std::time::Instant::now();
-        let room = tokio::task::spawn_blocking(move || Room::load(name, store, config))
-            .await
-            .map_err(|error| StoreError::Task(error.to_string()))??;
+        let metrics = self.metrics.clone();
+        let webhooks = self.webhooks.clone();
+        let room =
+            tokio::task::spawn_blocking(move || Room::load(name, store, config, metrics, webhooks))
+                .await
+                .map_err(|error| StoreError::Task(error.to_string()))??;
         tracing::debug!(room = %room.name(), elapsed_ms = started.elapsed().as_millis() as u64, "room loaded");
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.loaded(room.name());
+        }
         Ok(Arc::new(room))
     }
 
@@ -134,14 +249,7 @@ impl Rooms {
 
     /// Periodic upkeep: expires stale awareness states and evicts rooms idle for `idle`.
     pub async fn sweep(&self, idle: Duration) {
-        let slots: Vec<(Arc<str>, SharedSlot)> = self
-            .slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(name, slot)| (name.clone(), slot.clone()))
-            .collect();
-        for (name, slot) in slots {
+        for (name, slot) in self.all_slots() {
             // A slot that is busy is being loaded or joined: not idle, look again next time.
             let Ok(mut guard) = slot.try_lock() else {
                 continue;
@@ -158,10 +266,7 @@ impl Rooms {
             };
             room.expire_awareness();
             if room.idle_for().is_some_and(|elapsed| elapsed >= idle) {
-                self.unload(&room).await;
-                *guard = Slot::Retired;
-                self.forget(&name, &slot);
-                tracing::debug!(room = %name, "idle room unloaded");
+                self.retire(&name, &slot, &mut guard, &room).await;
             }
         }
     }
@@ -190,6 +295,32 @@ impl Rooms {
         {
             slots.remove(name);
         }
+    }
+
+    /// Deletes a room: closes its sockets and removes its stored data, whether or not it is in
+    /// memory.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let slot = self.slot(name);
+        let mut guard = slot.lock().await;
+        let room = match &*guard {
+            Slot::Loaded(room) => Some(room.clone()),
+            _ => None,
+        };
+        let store = self.store.clone();
+        let owned_name = name.to_owned();
+        let deleting_room = room.clone();
+        tokio::task::spawn_blocking(move || match deleting_room {
+            Some(room) => room.delete(),
+            None => store.delete(&owned_name),
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))??;
+        if room.is_some() {
+            self.count_loaded(-1);
+        }
+        *guard = Slot::Retired;
+        self.forget(name, &slot);
+        Ok(())
     }
 
     /// Compacts every loaded room and flushes the store: the shutdown path. Rooms stay loaded.

@@ -34,7 +34,7 @@ async fn a_two_mib_insert_passes_with_the_default_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_limit_closes_only_its_connection_with_1009() {
-    let server = TestServer::start_with(|config| config.max_message_bytes = 64 * 1024).await;
+    let server = TestServer::start_with(|config| config.limits.max_message_bytes = 64 * 1024).await;
     let writer = Client::connect(&server, "doc").await;
     let reader = Client::connect(&server, "doc").await;
     writer.append_text("text", "before;").await;

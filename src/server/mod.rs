@@ -2,15 +2,22 @@
 //!
 //! [`Server::start`] binds, spawns everything and returns a handle; the binary and the tests
 //! start the very same server. Shutdown is one cancellation token that every session, the
-//! sweeper and warp's accept loop watch.
+//! sweeper, the flusher and warp's accept loop watch.
+//!
+//! This module is where typed errors become HTTP statuses and close codes. Everything that can
+//! be refused before the upgrade (auth, connection limits, room limits) is refused with an HTTP
+//! status and a JSON reason, before any room is loaded.
 
+mod api;
+mod http;
+mod listener;
 mod session;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
@@ -20,11 +27,15 @@ use tokio_util::task::TaskTracker;
 use warp::Filter;
 use warp::http::StatusCode;
 
+use crate::auth::{Access, Authenticator};
 use crate::config::ServeConfig;
-use crate::error::{RoomNameError, StoreError};
+use crate::error::{JoinError, RoomNameError, StoreError};
+use crate::limit::IpRateLimiter;
+use crate::metrics::{Metrics, Reason};
 use crate::room::MAX_ROOM_NAME_BYTES;
-use crate::rooms::Rooms;
+use crate::rooms::{RoomLimits, Rooms};
 use crate::store::{DocStore, SledStore};
+use crate::webhooks::Webhooks;
 
 /// How often rooms are swept for idle eviction and stale awareness states.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,6 +57,8 @@ pub enum ServerError {
     Persist(#[from] StoreError),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] listener::TlsError),
 }
 
 /// State shared by every request and session.
@@ -53,27 +66,45 @@ struct Shared {
     config: ServeConfig,
     base_path: String,
     rooms: Rooms,
+    metrics: Arc<Metrics>,
+    auth: Option<Authenticator>,
+    connects_per_ip: IpRateLimiter,
+    /// WebSocket connections open now (held by [`ConnectionPermit`]s).
+    open_connections: AtomicUsize,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     next_connection: AtomicU64,
+}
+
+/// One open WebSocket connection, counted until dropped.
+struct ConnectionPermit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.connections_open.dec();
+    }
 }
 
 /// A running server. Dropping the handle does not stop it; call [`Server::shutdown`].
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    /// Where `--metrics-listen` bound, if given.
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
     task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl Server {
     /// Opens the store, binds the listener and starts serving.
     pub async fn start(config: ServeConfig) -> Result<Server, ServerError> {
-        let store = SledStore::open(&config.data_dir, config.flush_ms).map_err(|source| {
-            ServerError::OpenStore {
-                dir: config.data_dir.display().to_string(),
-                source,
-            }
+        let store = SledStore::open(&config.data_dir).map_err(|source| ServerError::OpenStore {
+            dir: config.data_dir.display().to_string(),
+            source,
         })?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -85,20 +116,83 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        let auth = config
+            .auth_secret
+            .as_deref()
+            .map(|secret| Authenticator::new(secret.as_bytes()));
+        if auth.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                listen = %local_addr,
+                "listening on a non-loopback address WITHOUT authentication: anyone who can \
+                 reach it can read and write every room (set --auth-secret)"
+            );
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(listener::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let shutdown = CancellationToken::new();
         let store: Arc<dyn DocStore> = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        // One process-wide TLS provider for the server and the webhook client; a second
+        // installation (tests start many servers) is harmless.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let webhooks = config.webhook_url.clone().map(|url| {
+            Webhooks::start(
+                url,
+                config.webhook_secret.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+        });
+        let limits = RoomLimits {
+            max_rooms: usize::try_from(config.limits.max_rooms).unwrap_or(usize::MAX),
+            max_connections_per_room: usize::try_from(config.limits.max_connections_per_room)
+                .unwrap_or(usize::MAX),
+        };
         let shared = Arc::new(Shared {
             base_path: config.normalized_base_path(),
-            rooms: Rooms::new(store, config.room_config()),
+            rooms: Rooms::new(
+                store,
+                config.room_config(),
+                limits,
+                metrics.clone(),
+                webhooks,
+            ),
+            metrics: metrics.clone(),
+            auth,
+            connects_per_ip: IpRateLimiter::new(config.limits.max_connects_per_ip_per_sec),
+            open_connections: AtomicUsize::new(0),
             config,
             shutdown: shutdown.clone(),
             sessions: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
         });
-        let task = tokio::spawn(serve(shared, listener));
+        if let Some(metrics_listener) = metrics_listener {
+            tokio::spawn(listener::accept_loop(
+                metrics_listener,
+                None,
+                warp::service(http::metrics_only(shared.clone())),
+                shared.shutdown.clone(),
+            ));
+        }
+        let task = tokio::spawn(serve(shared, listener, tls));
         Ok(Server {
             local_addr,
+            metrics_addr,
             shutdown,
+            metrics,
             task,
         })
     }
@@ -106,6 +200,16 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the separate metrics listener, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Starts a graceful shutdown: stop accepting, close every socket with 1001, compact and
@@ -122,15 +226,22 @@ impl Server {
     }
 }
 
-async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> Result<(), ServerError> {
+async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), ServerError> {
     let sweeper = tokio::spawn(sweep(shared.clone()));
-    let shutdown = shared.shutdown.clone();
-    warp::serve(routes(shared.clone()))
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+    let flusher = tokio::spawn(flush(shared.clone()));
+    listener::accept_loop(
+        listener,
+        tls,
+        warp::service(routes(shared.clone())),
+        shared.shutdown.clone(),
+    )
+    .await;
     sweeper.abort();
+    flusher.abort();
     // Sessions watch the same token and close their sockets with 1001.
     shared.sessions.close();
     if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, shared.sessions.wait())
@@ -153,6 +264,26 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
+/// Flushes the store every `--flush-ms`: the durability window. One flush at a time; a slow
+/// disk stretches the window rather than piling flushes up.
+async fn flush(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(shared.config.flush_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let store = shared.rooms.store().clone();
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(_)) => shared
+                .metrics
+                .persist_flush_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Ok(Err(error)) => tracing::error!(%error, "flush failed"),
+            Err(error) => tracing::error!(%error, "flush task failed"),
+        }
+    }
+}
+
 fn routes(
     shared: Arc<Shared>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
@@ -163,70 +294,141 @@ fn routes(
     };
     let websocket = warp::ws()
         .and(warp::path::full())
-        .and(with_shared)
+        .and(http::credentials())
+        .and(warp::ext::optional::<listener::ClientAddr>())
+        .and(with_shared.clone())
         .and_then(upgrade);
-    let healthz = warp::get()
-        .and(warp::path!("healthz"))
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
     websocket
-        .or(healthz)
-        .recover(|_rejection: warp::Rejection| async {
-            Ok::<_, Infallible>(json_error(StatusCode::NOT_FOUND, "not found"))
+        .or(http::routes(
+            with_shared,
+            shared.config.limits.max_message_bytes,
+        ))
+        .recover(|rejection: warp::Rejection| async move {
+            let (status, message) = if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body larger than --max-message-bytes",
+                )
+            } else {
+                (StatusCode::NOT_FOUND, "not found")
+            };
+            Ok::<_, Infallible>(http::json_error(status, message))
         })
-}
-
-fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
-    use warp::Reply;
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message })),
-        status,
-    )
-    .into_response()
 }
 
 async fn upgrade(
     ws: warp::ws::Ws,
     path: warp::path::FullPath,
+    token: Option<String>,
+    client: Option<listener::ClientAddr>,
     shared: Arc<Shared>,
 ) -> Result<warp::reply::Response, Infallible> {
     use warp::Reply;
     let room = match room_name(path.as_str(), &shared.base_path) {
         Ok(room) => room,
-        Err(error) => return Ok(json_error(StatusCode::BAD_REQUEST, &error.to_string())),
-    };
-    if shared.shutdown.is_cancelled() {
-        return Ok(json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
-    }
-    // Load (or share) the room before upgrading: nobody is answered before it is fully loaded,
-    // and a storage failure is an HTTP error rather than a socket that closes at once.
-    let lease = match shared.rooms.join(&room).await {
-        Ok(lease) => lease,
         Err(error) => {
-            tracing::error!(%room, %error, "loading room failed");
-            return Ok(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "room unavailable",
+            return Ok(http::json_error(
+                StatusCode::BAD_REQUEST,
+                &error.to_string(),
             ));
         }
     };
-    let max = usize::try_from(shared.config.max_message_bytes).unwrap_or(usize::MAX);
+    if shared.shutdown.is_cancelled() {
+        return Ok(http::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        ));
+    }
+    if let Some(ip) = client.map(|listener::ClientAddr(addr)| addr.ip()) {
+        if !shared.connects_per_ip.allow(ip) {
+            shared.metrics.limit_hit("connects_per_ip");
+            return Ok(http::json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address; retry later",
+            ));
+        }
+    }
+    let (access, expires_at, subject) = match &shared.auth {
+        None => (Access::ReadWrite, None, None),
+        Some(auth) => match auth.authorize_room(token.as_deref(), &room) {
+            Ok(claims) => (claims.mode, Some(claims.expires_at()), claims.sub.clone()),
+            Err(error) => {
+                tracing::info!(%room, %error, "upgrade refused");
+                return Ok(http::auth_error(&shared.metrics, &error));
+            }
+        },
+    };
+    let Some(permit) = acquire_connection(&shared) else {
+        shared.metrics.limit_hit("connections");
+        return Ok(http::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server connection limit reached; retry later",
+        ));
+    };
+    // Load (or share) the room before upgrading: nobody is answered before it is fully loaded,
+    // and a refusal is an HTTP error rather than a socket that closes at once.
+    let lease = match shared.rooms.join(&room).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            let (status, limit) = match &error {
+                JoinError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+                JoinError::TooManyRooms => (StatusCode::SERVICE_UNAVAILABLE, Some("rooms")),
+                JoinError::RoomFull => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("connections_per_room"),
+                ),
+            };
+            match limit {
+                Some(limit) => shared.metrics.limit_hit(limit),
+                None => tracing::error!(%room, %error, "loading room failed"),
+            }
+            return Ok(http::json_error(status, &error.to_string()));
+        }
+    };
+    let max = usize::try_from(shared.config.limits.max_message_bytes).unwrap_or(usize::MAX);
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let session_shared = shared.clone();
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
+            let limits = &session_shared.config.limits;
             let settings = session::Settings {
                 connection,
+                subject,
+                access,
+                expires_at,
                 ping_interval: session_shared.config.ping_interval(),
-                max_message_bytes: session_shared.config.max_message_bytes,
+                max_message_bytes: limits.max_message_bytes,
+                max_updates_per_sec: limits.max_updates_per_sec,
+                first_message_timeout: Duration::from_secs(limits.first_message_secs),
                 shutdown: session_shared.shutdown.clone(),
+                metrics: session_shared.metrics.clone(),
             };
-            session_shared
-                .sessions
-                .track_future(session::run(socket, lease, settings))
+            let session = session::run(socket, lease, settings);
+            let sessions = session_shared.sessions.clone();
+            sessions.track_future(async move {
+                session.await;
+                drop(permit);
+            })
         })
         .into_response())
+}
+
+/// Counts a new connection unless the server is at its limit.
+fn acquire_connection(shared: &Arc<Shared>) -> Option<ConnectionPermit> {
+    let max = usize::try_from(shared.config.limits.max_connections).unwrap_or(usize::MAX);
+    shared
+        .open_connections
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+            (open < max).then_some(open + 1)
+        })
+        .ok()?;
+    shared.metrics.connections.inc();
+    shared.metrics.connections_open.inc();
+    Some(ConnectionPermit {
+        shared: shared.clone(),
+    })
 }
 
 /// The room a request path names: the percent-decoded path after the base path. The query
@@ -243,6 +445,20 @@ pub fn room_name(path: &str, base_path: &str) -> Result<String, RoomNameError> {
         return Err(RoomNameError::TooLong(name.len()));
     }
     Ok(name.into_owned())
+}
+
+/// Label of an auth failure for the metrics.
+fn auth_reason(error: &crate::auth::AuthError) -> Reason {
+    use crate::auth::AuthError;
+    Reason {
+        reason: match error {
+            AuthError::Missing => "missing",
+            AuthError::Invalid => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::RoomNotAllowed => "room_not_allowed",
+            AuthError::NotAdmin => "not_admin",
+        },
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! and the room drops it (close 1013).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -16,7 +17,10 @@ use tracing::Instrument;
 use warp::ws::{Message, WebSocket};
 use yrs::ClientID;
 
+use crate::auth::Access;
 use crate::error::ApplyError;
+use crate::limit::TokenBucket;
+use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
 use crate::room::{ConnectionId, Room, Subscription};
 use crate::rooms::RoomLease;
@@ -29,7 +33,9 @@ const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
 mod close_code {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY_VIOLATION: u16 = 1008;
     pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -37,13 +43,27 @@ mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// Per-session settings taken from the server configuration.
+/// An empty v1 update: a SyncStep2 carrying nothing, which read-only clients may send.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// Reason sent to a read-only client that tries to write.
+const READ_ONLY_REASON: &str = "read-only access: this change was not applied";
+
+/// Per-session settings taken from the server configuration and the client's token.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub connection: ConnectionId,
+    /// The token's `sub`, for logs.
+    pub subject: Option<String>,
+    pub access: Access,
+    /// When the token expires: the session is closed then (1008).
+    pub expires_at: Option<SystemTime>,
     pub ping_interval: Duration,
     pub max_message_bytes: u64,
+    pub max_updates_per_sec: u64,
+    pub first_message_timeout: Duration,
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How a session ends.
@@ -57,7 +77,12 @@ enum End {
 
 /// Runs a session until the peer leaves, misbehaves or the server shuts down.
 pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
-    let span = tracing::info_span!("session", room = %lease.room().name(), connection = settings.connection);
+    let span = tracing::info_span!(
+        "session",
+        room = %lease.room().name(),
+        connection = settings.connection,
+        user = settings.subject.as_deref().unwrap_or("-"),
+    );
     async move {
         tracing::debug!("connected");
         let room = lease.room().clone();
@@ -67,6 +92,10 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
             room,
             controlled: HashSet::new(),
             last_heard: Instant::now(),
+            heard_anything: false,
+            updates: TokenBucket::new(settings.max_updates_per_sec),
+            access: settings.access,
+            metrics: settings.metrics.clone(),
         };
         let end = session.serve(subscription, greeting, &settings).await;
         session
@@ -75,6 +104,9 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
         match &end {
             End::Close(code, reason) => {
                 tracing::debug!(code, %reason, "closing");
+                if *code == close_code::TRY_AGAIN_LATER {
+                    settings.metrics.slow_client_disconnects.inc();
+                }
                 let close = Message::close_with(*code, reason.clone());
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
             }
@@ -93,6 +125,12 @@ struct Session {
     controlled: HashSet<ClientID>,
     /// When the peer last sent anything (a pong included).
     last_heard: Instant,
+    /// Whether any message arrived yet (the first-message deadline stops then).
+    heard_anything: bool,
+    /// Rate limit on document updates.
+    updates: TokenBucket,
+    access: Access,
+    metrics: Arc<Metrics>,
 }
 
 impl Session {
@@ -113,6 +151,10 @@ impl Session {
         let mut ping = tokio::time::interval(settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
+        let first_message_deadline = tokio::time::sleep(settings.first_message_timeout);
+        tokio::pin!(first_message_deadline);
+        let token_expiry = tokio::time::sleep(time_until(settings.expires_at));
+        tokio::pin!(token_expiry);
         loop {
             if subscription.signals.lagged() {
                 return lagged();
@@ -126,6 +168,9 @@ impl Session {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
+                    None if subscription.signals.closed() => {
+                        Err(End::Close(close_code::NORMAL, "room deleted".into()))
+                    }
                     None => Err(End::Close(close_code::GOING_AWAY, "room closed".into())),
                 },
                 frame = subscription.awareness.recv() => match frame {
@@ -133,6 +178,13 @@ impl Session {
                     None => Ok(()),
                 },
                 _ = ping.tick() => self.keepalive(settings.ping_interval).await,
+                _ = &mut first_message_deadline, if !self.heard_anything => {
+                    self.metrics.limit_hit("first_message_timeout");
+                    Err(End::Close(close_code::POLICY_VIOLATION, "no message received in time".into()))
+                }
+                _ = &mut token_expiry, if settings.expires_at.is_some() => {
+                    Err(End::Close(close_code::POLICY_VIOLATION, "token expired".into()))
+                }
             };
             if let Err(end) = step {
                 return end;
@@ -148,13 +200,17 @@ impl Session {
         let message = match inbound {
             None => return Err(End::Gone),
             Some(Ok(message)) => message,
-            Some(Err(error)) => return Err(read_error(error, settings.max_message_bytes)),
+            Some(Err(error)) => {
+                return Err(read_error(error, settings.max_message_bytes, &self.metrics));
+            }
         };
         self.last_heard = Instant::now();
+        self.heard_anything = true;
         if message.is_binary() {
             self.handle_frame(message.as_bytes()).await
         } else if message.is_text() {
             tracing::warn!("text frame received");
+            self.metrics.reject("text_frame");
             Err(End::Close(
                 close_code::UNSUPPORTED_DATA,
                 "text frames are not part of the protocol; send binary".into(),
@@ -183,12 +239,13 @@ impl Session {
                     self.send(reply).await?;
                 }
                 Inbound::SyncStep2(update) | Inbound::Update(update) => {
-                    self.room.apply_update(update).map_err(apply_error)?;
+                    self.apply_update(update).await?;
                 }
                 Inbound::Awareness(payload) => {
+                    self.metrics.awareness_received.inc();
                     self.room
                         .apply_awareness(payload, &mut self.controlled)
-                        .map_err(apply_error)?;
+                        .map_err(|error| apply_error(&self.metrics, error))?;
                 }
                 Inbound::QueryAwareness => {
                     if let Some(snapshot) = self.room.awareness_snapshot() {
@@ -201,16 +258,53 @@ impl Session {
         Ok(())
     }
 
+    /// Applies a client's update, unless the connection is read-only (then the client is told
+    /// with a permission-denied Auth message) or over its rate.
+    async fn apply_update(&mut self, update: &[u8]) -> Result<(), End> {
+        if self.access == Access::ReadOnly {
+            if update == EMPTY_UPDATE {
+                return Ok(());
+            }
+            self.metrics.reject("read_only");
+            return self
+                .send(protocol::encode_auth_denied(READ_ONLY_REASON))
+                .await;
+        }
+        if !self.updates.try_take() {
+            self.metrics.limit_hit("update_rate");
+            return Err(End::Close(
+                close_code::POLICY_VIOLATION,
+                "update rate limit exceeded".into(),
+            ));
+        }
+        self.metrics.updates_received.inc();
+        self.metrics
+            .update_bytes_received
+            .inc_by(update.len() as u64);
+        self.room
+            .apply_update(update)
+            .map_err(|error| apply_error(&self.metrics, error))?;
+        if self.room.members_behind() {
+            // Let the readers' sessions run before taking the next update.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
     /// Sends one queued update frame and whatever else is already queued, then flushes once.
     async fn send_queued(
         &mut self,
         first: Bytes,
         queue: &mut tokio::sync::mpsc::Receiver<Bytes>,
     ) -> Result<(), End> {
+        self.metrics.bytes_sent.inc_by(first.len() as u64);
         Self::bounded(self.socket.feed(Message::binary(first))).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match queue.try_recv() {
-                Ok(frame) => Self::bounded(self.socket.feed(Message::binary(frame))).await?,
+                Ok(frame) => {
+                    self.metrics.bytes_sent.inc_by(frame.len() as u64);
+                    Self::bounded(self.socket.feed(Message::binary(frame))).await?
+                }
                 Err(_) => break,
             }
         }
@@ -244,6 +338,7 @@ impl Session {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), End> {
+        self.metrics.bytes_sent.inc_by(frame.len() as u64);
         Self::bounded(self.socket.send(Message::binary(frame))).await
     }
 
@@ -272,12 +367,22 @@ fn lagged() -> End {
     )
 }
 
-fn apply_error(error: ApplyError) -> End {
+fn apply_error(metrics: &Metrics, error: ApplyError) -> End {
     match error {
         ApplyError::InvalidUpdate(_) | ApplyError::InvalidAwareness(_) => {
             tracing::warn!(%error, "rejected message");
+            metrics.reject("invalid_payload");
             End::Close(close_code::INVALID_PAYLOAD, error.to_string())
         }
+        ApplyError::DocumentTooLarge { .. } => {
+            tracing::warn!(%error, "rejected update");
+            metrics.limit_hit("document_size");
+            End::Close(
+                close_code::MESSAGE_TOO_BIG,
+                format!("{error}; the change was not applied, do not resend it"),
+            )
+        }
+        ApplyError::RoomDeleted => End::Close(close_code::NORMAL, "room deleted".into()),
         ApplyError::Store(_) => {
             tracing::error!(%error, "storage failed");
             End::Close(close_code::INTERNAL_ERROR, "storage failed".into())
@@ -285,14 +390,26 @@ fn apply_error(error: ApplyError) -> End {
     }
 }
 
+/// How long until `deadline`, or a very long time without one.
+fn time_until(deadline: Option<SystemTime>) -> Duration {
+    const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+    deadline.map_or(NEVER, |deadline| {
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(NEVER)
+    })
+}
+
 /// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
 /// tells the client not to resend it; anything else means the peer is gone.
-fn read_error(error: warp::Error, max_message_bytes: u64) -> End {
+fn read_error(error: warp::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
     let too_big = std::error::Error::source(&error)
         .and_then(|source| source.downcast_ref::<tungstenite::Error>())
         .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
     if too_big {
         tracing::warn!(max_message_bytes, "message too big");
+        metrics.limit_hit("message_size");
         End::Close(
             close_code::MESSAGE_TOO_BIG,
             format!("message larger than {max_message_bytes} bytes; do not resend it"),

@@ -25,14 +25,19 @@ pub struct StoredDoc {
     pub next_seq: u64,
     /// Records that could not be read. They are skipped: the rest of the room still loads.
     pub corrupt: Vec<StoreError>,
+    /// When the document last changed, as recorded with the snapshot (ms since the epoch).
+    pub last_change_ms: Option<u64>,
 }
 
 /// Sizes of one stored room, for operators and the admin tools.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RoomStats {
+    /// Bytes of the stored (compressed) snapshot.
     pub snapshot_bytes: u64,
     pub log_entries: u64,
     pub log_bytes: u64,
+    /// When the document last changed, as recorded with the snapshot (ms since the epoch).
+    pub last_change_ms: Option<u64>,
 }
 
 /// Persistence for room documents. Implementations must make `compact` atomic: a crash leaves
@@ -46,8 +51,15 @@ pub trait DocStore: Send + Sync + 'static {
     fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError>;
 
     /// Replaces the room's snapshot with `snapshot` (a full v1 update that includes every log
-    /// entry up to `through_seq`) and removes those entries, atomically.
-    fn compact(&self, room: &str, snapshot: &[u8], through_seq: u64) -> Result<(), StoreError>;
+    /// entry up to `through_seq`, last changed at `last_change_ms`) and removes those entries,
+    /// atomically.
+    fn compact(
+        &self,
+        room: &str,
+        snapshot: &[u8],
+        through_seq: u64,
+        last_change_ms: u64,
+    ) -> Result<(), StoreError>;
 
     /// Removes everything stored for the room.
     fn delete(&self, room: &str) -> Result<(), StoreError>;
@@ -60,4 +72,10 @@ pub trait DocStore: Send + Sync + 'static {
 
     /// Names of every stored room, in key order.
     fn rooms(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Proves the store accepts writes (readiness probe).
+    fn check_writable(&self) -> Result<(), StoreError>;
 }

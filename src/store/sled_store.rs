@@ -7,13 +7,15 @@
 //! another room whose name merely starts the same way (`a` and `ab`, `file:1` and `file:10`):
 //!
 //! ```text
-//! u16be(len(name)) name 0x00               -> snapshot: 0x01 u64be(through_seq) lz4(v1 update)
+//! u16be(len(name)) name 0x00               -> snapshot: 0x01 u64be(through_seq)
+//!                                             u64be(last_change_ms) lz4(v1 update)
 //! u16be(len(name)) name 0x01 u64be(seq)    -> log entry: the raw v1 update
 //! ```
 //!
 //! The snapshot key sorts before the room's log keys, and log keys sort by sequence number, so
 //! loading a room is one prefix scan. `through_seq` is the last log sequence the snapshot
 //! includes; the next sequence number is one past the larger of it and the last log key.
+//! `last_change_ms` is when the document last changed (milliseconds since the epoch).
 //! The snapshot payload is compressed with `lz4_flex::compress_prepend_size`.
 
 use std::path::Path;
@@ -22,11 +24,14 @@ use super::{DocStore, RoomStats, StoredDoc};
 use crate::error::StoreError;
 
 const TREE: &str = "docs";
+/// Written by the readiness probe, in sled's default tree (never in `docs`).
+const READY_KEY: &[u8] = b"ycord:ready";
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_LOG: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
-/// Bytes of a snapshot value before the compressed payload: format byte and `through_seq`.
-const SNAPSHOT_HEADER: usize = 9;
+/// Bytes of a snapshot value before the compressed payload: format byte, `through_seq` and
+/// `last_change_ms`.
+const SNAPSHOT_HEADER: usize = 17;
 
 /// sled-backed [`DocStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
@@ -37,13 +42,10 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`. sled holds a lock on the directory, so a second
-    /// process opening it fails instead of corrupting it. `flush_every_ms` is sled's background
-    /// flush period: the durability window for applied updates.
-    pub fn open(dir: &Path, flush_every_ms: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(flush_every_ms.max(1)))
-            .open()?;
+    /// process opening it fails instead of corrupting it. sled's own background flusher is off:
+    /// the server flushes on its `--flush-ms` timer, which it can time and order with shutdown.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let docs = db.open_tree(TREE)?;
         Ok(SledStore { db, docs })
     }
@@ -53,11 +55,6 @@ impl SledStore {
         let db = sled::Config::new().temporary(true).open()?;
         let docs = db.open_tree(TREE)?;
         Ok(SledStore { db, docs })
-    }
-
-    /// Bytes the database takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
     }
 }
 
@@ -97,28 +94,49 @@ fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// Splits a snapshot value into `through_seq` and the decompressed v1 update.
-pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
+/// A decoded snapshot value.
+pub(crate) struct Snapshot {
+    pub through_seq: u64,
+    pub last_change_ms: u64,
+    pub update: Vec<u8>,
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(array)
+}
+
+/// Parses a snapshot value and decompresses its update.
+pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, StoreError> {
     if value.len() < SNAPSHOT_HEADER || value[0] != SNAPSHOT_FORMAT {
         return Err(corrupt(
             key,
             "snapshot header is missing or of an unknown format",
         ));
     }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&value[1..SNAPSHOT_HEADER]);
     let update = lz4_flex::decompress_size_prepended(&value[SNAPSHOT_HEADER..])
         .map_err(|error| corrupt(key, format!("snapshot does not decompress: {error}")))?;
-    Ok((u64::from_be_bytes(seq), update))
+    Ok(Snapshot {
+        through_seq: read_u64(&value[1..9]),
+        last_change_ms: read_u64(&value[9..17]),
+        update,
+    })
 }
 
-fn encode_snapshot(through_seq: u64, update: &[u8]) -> Vec<u8> {
+fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<u8> {
     let compressed = lz4_flex::compress_prepend_size(update);
     let mut value = Vec::with_capacity(SNAPSHOT_HEADER + compressed.len());
     value.push(SNAPSHOT_FORMAT);
     value.extend_from_slice(&through_seq.to_be_bytes());
+    value.extend_from_slice(&last_change_ms.to_be_bytes());
     value.extend_from_slice(&compressed);
     value
+}
+
+/// The last-change time in a snapshot value's header, without decompressing it.
+fn snapshot_last_change(value: &[u8]) -> Option<u64> {
+    (value.len() >= SNAPSHOT_HEADER && value[0] == SNAPSHOT_FORMAT).then(|| read_u64(&value[9..17]))
 }
 
 /// The sequence number of a log key, given the length of its room's log prefix.
@@ -133,10 +151,11 @@ impl DocStore for SledStore {
         let mut through_seq = None;
         if let Some(value) = self.docs.get(snapshot_key(room))? {
             match decode_snapshot(&snapshot_key(room), &value) {
-                Ok((seq, update)) => {
-                    through_seq = Some(seq);
-                    doc.snapshot = Some(update);
-                    doc.next_seq = seq + 1;
+                Ok(snapshot) => {
+                    through_seq = Some(snapshot.through_seq);
+                    doc.next_seq = snapshot.through_seq + 1;
+                    doc.last_change_ms = Some(snapshot.last_change_ms);
+                    doc.snapshot = Some(snapshot.update);
                 }
                 Err(error) => doc.corrupt.push(error),
             }
@@ -166,9 +185,18 @@ impl DocStore for SledStore {
         Ok(())
     }
 
-    fn compact(&self, room: &str, snapshot: &[u8], through_seq: u64) -> Result<(), StoreError> {
+    fn compact(
+        &self,
+        room: &str,
+        snapshot: &[u8],
+        through_seq: u64,
+        last_change_ms: u64,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        batch.insert(snapshot_key(room), encode_snapshot(through_seq, snapshot));
+        batch.insert(
+            snapshot_key(room),
+            encode_snapshot(through_seq, last_change_ms, snapshot),
+        );
         let prefix = log_prefix(room);
         for key in self
             .docs
@@ -204,6 +232,7 @@ impl DocStore for SledStore {
         let mut stats = RoomStats::default();
         if let Some(value) = self.docs.get(snapshot_key(room))? {
             stats.snapshot_bytes = value.len() as u64;
+            stats.last_change_ms = snapshot_last_change(&value);
         }
         for entry in self.docs.scan_prefix(log_prefix(room)) {
             let (_, value) = entry?;
@@ -225,6 +254,18 @@ impl DocStore for SledStore {
             }
         }
         Ok(rooms)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        self.db.insert(READY_KEY, &now.to_be_bytes())?;
+        Ok(())
     }
 }
 
@@ -263,11 +304,12 @@ mod tests {
         for seq in 0..5 {
             store.append("room", seq, &[seq as u8]).unwrap();
         }
-        store.compact("room", b"snapshot", 2).unwrap();
+        store.compact("room", b"snapshot", 2, 1234).unwrap();
         let doc = store.load("room").unwrap();
         assert_eq!(doc.snapshot.as_deref(), Some(&b"snapshot"[..]));
         assert_eq!(doc.log, vec![vec![3], vec![4]]);
         assert_eq!(doc.next_seq, 5);
+        assert_eq!(doc.last_change_ms, Some(1234));
         let stats = store.stats("room").unwrap();
         assert_eq!(stats.log_entries, 2);
         assert!(stats.snapshot_bytes > 0);

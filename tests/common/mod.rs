@@ -482,7 +482,7 @@ pub fn stored_text(store: &ycord::store::SledStore, room: &str, name: &str) -> S
 pub async fn open_store(data_dir: &std::path::Path) -> ycord::store::SledStore {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match ycord::store::SledStore::open(data_dir, 100) {
+        match ycord::store::SledStore::open(data_dir) {
             Ok(store) => return store,
             Err(error) => {
                 assert!(

@@ -1,0 +1,164 @@
+//! Admin commands on a stopped server's data directory: export, import, compact, inspect.
+//!
+//! They open the store directly; sled locks the directory, so while a server holds it they
+//! refuse with a clear message instead of corrupting it.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::config::{Command, StoreArgs};
+use crate::error::{ApplyError, StoreError};
+use crate::metrics::Metrics;
+use crate::room::{Room, RoomConfig};
+use crate::store::{DocStore, SledStore};
+
+#[derive(Debug, Error)]
+pub enum AdminError {
+    #[error(
+        "cannot open the store in {dir}: {source} (is a ycord server running on it? stop it first)"
+    )]
+    Open { dir: String, source: StoreError },
+    #[error("no room named {0:?} is stored")]
+    NoSuchRoom(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the update was refused: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+/// Runs one admin command, writing its report to `out`.
+pub fn run(command: Command, out: &mut dyn Write) -> Result<(), AdminError> {
+    match command {
+        Command::Serve(_) => Ok(()),
+        Command::Export { room, file, store } => {
+            let store = open(&store)?;
+            let room = load_existing(&store, &room)?;
+            let state = room.encode_state();
+            match file {
+                Some(path) => write_file(&path, &state)?,
+                None => out
+                    .write_all(&state)
+                    .map_err(|source| io("stdout", source))?,
+            }
+            Ok(())
+        }
+        Command::Import { room, file, store } => {
+            let update =
+                std::fs::read(&file).map_err(|source| io(&file.display().to_string(), source))?;
+            let store = open(&store)?;
+            let loaded = load(&store, &room)?;
+            let applied = loaded.apply_update(&update)?;
+            loaded.compact()?;
+            store.flush()?;
+            writeln!(out, "{room}: imported {} bytes ({applied:?})", update.len())
+                .map_err(|source| io("stdout", source))
+        }
+        Command::Compact { room, all, store } => {
+            let store = open(&store)?;
+            let rooms = if all {
+                store.rooms()?
+            } else {
+                room.into_iter().collect()
+            };
+            for name in rooms {
+                let room = load_existing(&store, &name)?;
+                let before = store.stats(&name)?;
+                room.compact()?;
+                let after = store.stats(&name)?;
+                writeln!(
+                    out,
+                    "{name}: {} log entries -> {}, snapshot {} bytes",
+                    before.log_entries, after.log_entries, after.snapshot_bytes
+                )
+                .map_err(|source| io("stdout", source))?;
+            }
+            store.flush()?;
+            Ok(())
+        }
+        Command::Inspect { room, store } => {
+            let store = open(&store)?;
+            let rooms = match room {
+                Some(room) => {
+                    load_existing(&store, &room)?;
+                    vec![room]
+                }
+                None => store.rooms()?,
+            };
+            writeln!(
+                out,
+                "room\tsnapshot_bytes\tlog_entries\tlog_bytes\tlast_change_ms"
+            )
+            .map_err(|source| io("stdout", source))?;
+            for name in rooms {
+                let stats = store.stats(&name)?;
+                writeln!(
+                    out,
+                    "{name}\t{}\t{}\t{}\t{}",
+                    stats.snapshot_bytes,
+                    stats.log_entries,
+                    stats.log_bytes,
+                    stats
+                        .last_change_ms
+                        .map_or("-".to_owned(), |ms| ms.to_string())
+                )
+                .map_err(|source| io("stdout", source))?;
+            }
+            writeln!(out, "store size on disk: {} bytes", store.size_on_disk()?)
+                .map_err(|source| io("stdout", source))
+        }
+    }
+}
+
+fn io(path: &str, source: std::io::Error) -> AdminError {
+    AdminError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
+    std::fs::write(path, bytes).map_err(|source| io(&path.display().to_string(), source))
+}
+
+fn open(args: &StoreArgs) -> Result<Arc<dyn DocStore>, AdminError> {
+    let store = SledStore::open(&args.data_dir).map_err(|source| AdminError::Open {
+        dir: args.data_dir.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(store))
+}
+
+fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
+    // No compaction is triggered by thresholds here: the commands compact explicitly.
+    let config = RoomConfig {
+        compact_log_updates: u64::MAX,
+        compact_log_bytes: u64::MAX,
+        max_doc_bytes: u64::MAX,
+        awareness_timeout: Duration::from_secs(30),
+    };
+    let room = Room::load(
+        Arc::from(room),
+        store.clone(),
+        config,
+        Arc::new(Metrics::new()),
+        None,
+    )?;
+    Ok(Arc::new(room))
+}
+
+fn load_existing(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
+    let stats = store.stats(room)?;
+    if stats.snapshot_bytes == 0 && stats.log_entries == 0 {
+        return Err(AdminError::NoSuchRoom(room.to_owned()));
+    }
+    load(store, room)
+}

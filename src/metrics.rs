@@ -1,0 +1,232 @@
+//! Prometheus metrics: one [`Metrics`] value per server, passed to whoever counts (no global),
+//! rendered in the text exposition format at `GET /metrics`.
+//!
+//! Names start with `ycord_`; counters end in `_total` (the encoder appends it). Room names
+//! never become label values: their number is unbounded.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// A label naming a reason, a limit or a result: always from a fixed, small set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// Every metric ycord exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: Gauge,
+    pub connections: Counter,
+    pub rooms_loaded: Gauge,
+    /// Joins that found the room in memory (`hit`) or had to load it from the store (`miss`).
+    pub room_lookups: Family<Reason, Counter>,
+    pub room_evictions: Counter,
+    pub updates_received: Counter,
+    pub update_bytes_received: Counter,
+    pub awareness_received: Counter,
+    /// Frames queued to members (one per member per broadcast).
+    pub broadcast_frames: Counter,
+    pub bytes_sent: Counter,
+    pub rejected_messages: Family<Reason, Counter>,
+    pub slow_client_disconnects: Counter,
+    pub limit_hits: Family<Reason, Counter>,
+    pub auth_failures: Family<Reason, Counter>,
+    pub persist_write_seconds: Histogram,
+    pub persist_flush_seconds: Histogram,
+    pub compactions: Counter,
+    pub storage_bytes: Gauge<u64, AtomicU64>,
+    pub webhooks_sent: Counter,
+    pub webhooks_failed: Counter,
+    pub webhook_events_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ycord");
+        let metrics = Metrics {
+            connections_open: Gauge::default(),
+            connections: Counter::default(),
+            rooms_loaded: Gauge::default(),
+            room_lookups: Family::default(),
+            room_evictions: Counter::default(),
+            updates_received: Counter::default(),
+            update_bytes_received: Counter::default(),
+            awareness_received: Counter::default(),
+            broadcast_frames: Counter::default(),
+            bytes_sent: Counter::default(),
+            rejected_messages: Family::default(),
+            slow_client_disconnects: Counter::default(),
+            limit_hits: Family::default(),
+            auth_failures: Family::default(),
+            // 1 µs .. ~1 s
+            persist_write_seconds: Histogram::new(exponential_buckets(1e-6, 4.0, 11)),
+            // 100 µs .. ~26 s
+            persist_flush_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 10)),
+            compactions: Counter::default(),
+            storage_bytes: Gauge::default(),
+            webhooks_sent: Counter::default(),
+            webhooks_failed: Counter::default(),
+            webhook_events_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "connections_open",
+            "WebSocket connections open now",
+            metrics.connections_open.clone(),
+        );
+        r.register(
+            "connections",
+            "WebSocket connections accepted",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "rooms_loaded",
+            "Rooms in memory",
+            metrics.rooms_loaded.clone(),
+        );
+        r.register(
+            "room_lookups",
+            "Room joins by result: hit (in memory) or miss (loaded from the store)",
+            metrics.room_lookups.clone(),
+        );
+        r.register(
+            "room_evictions",
+            "Idle rooms unloaded from memory",
+            metrics.room_evictions.clone(),
+        );
+        r.register(
+            "updates_received",
+            "Document updates received from clients",
+            metrics.updates_received.clone(),
+        );
+        r.register_with_unit(
+            "update_received",
+            "Bytes of document updates received",
+            Unit::Bytes,
+            metrics.update_bytes_received.clone(),
+        );
+        r.register(
+            "awareness_received",
+            "Awareness messages received",
+            metrics.awareness_received.clone(),
+        );
+        r.register(
+            "broadcast_frames",
+            "Frames queued to room members",
+            metrics.broadcast_frames.clone(),
+        );
+        r.register_with_unit(
+            "sent",
+            "Bytes written to WebSockets",
+            Unit::Bytes,
+            metrics.bytes_sent.clone(),
+        );
+        r.register(
+            "rejected_messages",
+            "Client messages rejected, by reason",
+            metrics.rejected_messages.clone(),
+        );
+        r.register(
+            "slow_client_disconnects",
+            "Clients closed with 1013 for falling behind",
+            metrics.slow_client_disconnects.clone(),
+        );
+        r.register(
+            "limit_hits",
+            "Requests or messages refused by a configured limit, by limit",
+            metrics.limit_hits.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Refused tokens, by reason",
+            metrics.auth_failures.clone(),
+        );
+        r.register_with_unit(
+            "persist_write",
+            "Latency of appending one update to the store",
+            Unit::Seconds,
+            metrics.persist_write_seconds.clone(),
+        );
+        r.register_with_unit(
+            "persist_flush",
+            "Latency of one store flush",
+            Unit::Seconds,
+            metrics.persist_flush_seconds.clone(),
+        );
+        r.register(
+            "compactions",
+            "Room compactions written",
+            metrics.compactions.clone(),
+        );
+        r.register_with_unit(
+            "storage",
+            "Bytes the store takes on disk",
+            Unit::Bytes,
+            metrics.storage_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a refused message or request.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected_messages
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    /// Counts a hit of a configured limit.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits
+            .get_or_create(&Reason { reason: limit })
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names_and_total_suffixes() {
+        let metrics = Metrics::new();
+        metrics.connections.inc();
+        metrics.reject("malformed");
+        let text = metrics.render();
+        assert!(text.contains("ycord_connections_total 1"), "{text}");
+        assert!(
+            text.contains("ycord_rejected_messages_total{reason=\"malformed\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("ycord_update_received_bytes_total"), "{text}");
+        assert!(
+            text.contains("ycord_persist_flush_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
