@@ -96,7 +96,7 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
             match u8::try_from(sync_type) {
                 Ok(SYNC_STEP1) => {
                     let bytes = read_buf(cursor)?;
-                    let state_vector = StateVector::decode_v1(bytes)
+                    let state_vector = decode_untrusted(|| StateVector::decode_v1(bytes))
                         .map_err(|_| ProtocolError::InvalidStateVector)?;
                     Ok(Inbound::SyncStep1(state_vector))
                 }
@@ -113,6 +113,19 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
         }
         Ok(MSG_QUERY_AWARENESS) => Ok(Inbound::QueryAwareness),
         _ => Err(ProtocolError::UnknownMessageType(message_type)),
+    }
+}
+
+/// Runs a yrs decoder over untrusted bytes, turning a panic into an error. yrs asserts (in
+/// debug builds) that client IDs fit in 53 bits, so a hostile ID would otherwise panic the
+/// session; release builds of yrs truncate such an ID to 53 bits instead.
+pub(crate) fn decode_untrusted<T, E: std::fmt::Display>(
+    decode: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("client ID out of range".to_owned()),
     }
 }
 

@@ -90,6 +90,8 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
         let mut session = Session {
             socket,
             room,
+            connection: settings.connection,
+            left: false,
             controlled: HashSet::new(),
             last_heard: Instant::now(),
             heard_anything: false,
@@ -98,16 +100,14 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
             metrics: settings.metrics.clone(),
         };
         let end = session.serve(subscription, greeting, &settings).await;
-        session
-            .room
-            .unsubscribe(settings.connection, &session.controlled);
+        session.leave();
         match &end {
             End::Close(code, reason) => {
                 tracing::debug!(code, %reason, "closing");
                 if *code == close_code::TRY_AGAIN_LATER {
                     settings.metrics.slow_client_disconnects.inc();
                 }
-                let close = Message::close_with(*code, reason.clone());
+                let close = Message::close_with(*code, close_reason(reason));
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
             }
             End::Gone => tracing::debug!("peer gone"),
@@ -121,6 +121,9 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
 struct Session {
     socket: WebSocket,
     room: std::sync::Arc<Room>,
+    connection: ConnectionId,
+    /// Whether the session already left the room (see [`Session::leave`]).
+    left: bool,
     /// Awareness client IDs this connection set; removed from the room when it ends.
     controlled: HashSet<ClientID>,
     /// When the peer last sent anything (a pong included).
@@ -133,7 +136,22 @@ struct Session {
     metrics: Arc<Metrics>,
 }
 
+/// Leaving on drop covers a session task that ends by panicking: its awareness states and
+/// queues must not outlive it.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 impl Session {
+    /// Leaves the room: removes the member and the awareness states it controlled.
+    fn leave(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            self.room.unsubscribe(self.connection, &self.controlled);
+        }
+    }
+
     async fn serve(
         &mut self,
         mut subscription: Subscription,
@@ -359,6 +377,20 @@ impl Session {
     }
 }
 
+/// A close frame's reason may hold at most 123 bytes (RFC 6455, 5.5): longer ones are cut at a
+/// character boundary, or the client would see a protocol error instead of the code.
+fn close_reason(reason: &str) -> String {
+    const MAX_CLOSE_REASON_BYTES: usize = 123;
+    if reason.len() <= MAX_CLOSE_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_CLOSE_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
 fn lagged() -> End {
     tracing::info!("client fell behind the room; closing so that it resyncs");
     End::Close(
@@ -417,5 +449,19 @@ fn read_error(error: warp::Error, max_message_bytes: u64, metrics: &Metrics) -> 
     } else {
         tracing::debug!(%error, "read failed");
         End::Gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_in_a_control_frame() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(long.starts_with(&cut));
     }
 }
