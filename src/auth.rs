@@ -100,6 +100,9 @@ impl Authenticator {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // RFC 7519: a token is expired once `now >= exp`; the crate's default accepts it
+        // during the second of `exp` itself, which is when a session is closed for expiry.
+        validation.reject_tokens_expiring_in_less_than = 1;
         validation.set_required_spec_claims(&["exp"]);
         Authenticator {
             key: DecodingKey::from_secret(secret),

@@ -201,7 +201,7 @@ pub struct Limits {
 
     /// Sustained document updates per second one connection may send (a burst of five seconds'
     /// worth is allowed); beyond it the connection is closed (1008).
-    #[arg(long, env = "YCORD_MAX_UPDATES_PER_SEC", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "YCORD_MAX_UPDATES_PER_SEC", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_updates_per_sec: u64,
 
     /// New WebSocket connections per second from one IP address (a burst of five seconds' worth

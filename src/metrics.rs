@@ -179,6 +179,21 @@ impl Metrics {
             Unit::Bytes,
             metrics.storage_bytes.clone(),
         );
+        r.register(
+            "webhooks_sent",
+            "Webhook deliveries acknowledged",
+            metrics.webhooks_sent.clone(),
+        );
+        r.register(
+            "webhooks_failed",
+            "Webhook deliveries abandoned after every retry",
+            metrics.webhooks_failed.clone(),
+        );
+        r.register(
+            "webhook_events_dropped",
+            "Webhook events dropped because a queue was full",
+            metrics.webhook_events_dropped.clone(),
+        );
         Metrics {
             registry,
             ..metrics

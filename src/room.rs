@@ -328,11 +328,19 @@ impl Room {
         if state.deleted {
             return Err(ApplyError::RoomDeleted);
         }
+        let mut measured = false;
         if state.snapshot_bytes + state.log_bytes + update.len() as u64 > self.config.max_doc_bytes
         {
-            return Err(ApplyError::DocumentTooLarge {
-                limit: self.config.max_doc_bytes,
-            });
+            measured = state.log_bytes > 0;
+            if !fits_after_all(&mut state, update.len(), self.config.max_doc_bytes) {
+                drop(state);
+                if measured {
+                    self.schedule_compaction();
+                }
+                return Err(ApplyError::DocumentTooLarge {
+                    limit: self.config.max_doc_bytes,
+                });
+            }
         }
         let delta = {
             let mut txn = state.awareness.doc().transact_mut();
@@ -360,7 +368,8 @@ impl Room {
         self.metrics
             .broadcast_frames
             .inc_by(state.members.len() as u64);
-        let compaction_due = state.log_updates >= self.config.compact_log_updates
+        let compaction_due = measured
+            || state.log_updates >= self.config.compact_log_updates
             || state.log_bytes >= self.config.compact_log_bytes;
         drop(state);
         // Members already have the change; a store failure is reported to the caller, which
@@ -469,18 +478,23 @@ impl Room {
         )
     }
 
-    /// Runs a compaction on the blocking pool unless one is already scheduled.
+    /// Runs a compaction on the blocking pool unless one is already scheduled (inline when
+    /// there is no runtime, as in the admin commands).
     pub fn schedule_compaction(self: &Arc<Self>) {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
         let room = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let compact = move || {
             if let Err(error) = room.compact() {
                 tracing::error!(room = %room.name, %error, "compaction failed");
             }
             room.compacting.store(false, Ordering::Release);
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(compact)),
+            Err(_) => compact(),
+        }
     }
 
     /// Writes the whole document as a snapshot and drops the log entries it covers. Blocking.
@@ -612,6 +626,24 @@ impl Room {
             .transact()
             .encode_state_as_update_v1(&StateVector::default())
     }
+}
+
+/// The slow path of the document-size check. The cheap estimate (last snapshot plus the log
+/// since) overcounts once the log holds many small edits; measure the real encoding and count
+/// the document at that size from now on (the caller compacts, which makes it exact again).
+fn fits_after_all(state: &mut RoomState, update_len: usize, max_doc_bytes: u64) -> bool {
+    if state.log_bytes == 0 {
+        return false;
+    }
+    let actual = state
+        .awareness
+        .doc()
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default())
+        .len() as u64;
+    state.snapshot_bytes = actual;
+    state.log_bytes = 0;
+    actual + update_len as u64 <= max_doc_bytes
 }
 
 /// Queues a document-update frame for every member. A member whose queue is full is removed
