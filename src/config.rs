@@ -217,13 +217,15 @@ pub struct Limits {
 }
 
 impl ServeConfig {
-    /// A configuration for tests: listen on a free port, keep data in `data_dir`.
+    /// A configuration for tests: listen on a free port, keep data in `data_dir`. Every test
+    /// client comes from 127.0.0.1 and many tests write in bulk, so the per-IP connect rate and
+    /// the per-connection update rate are lifted; the tests of those limits set them back.
     pub fn for_tests(data_dir: PathBuf) -> Self {
-        let cli = Cli::parse_from(["ycord", "--listen", "127.0.0.1:0"]);
-        ServeConfig {
-            data_dir,
-            ..cli.into_serve_config()
-        }
+        let mut config = Cli::parse_from(["ycord", "--listen", "127.0.0.1:0"]).into_serve_config();
+        config.data_dir = data_dir;
+        config.limits.max_connects_per_ip_per_sec = 1_000_000;
+        config.limits.max_updates_per_sec = 1_000_000;
+        config
     }
 
     pub fn room_config(&self) -> RoomConfig {

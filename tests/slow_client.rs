@@ -12,17 +12,17 @@ use ycord::protocol;
 
 /// Updates the writer sends while the slow client does not read, and the size of each.
 ///
-/// The room queues at most 512 frames per member (`ycord::room::UPDATE_QUEUE_CAPACITY`) and
-/// drops a member whose queue is full. Before that queue fills, the kernel absorbs what fits in
-/// the server's send buffer (autotuned up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default;
+/// The room queues at most `ycord::room::UPDATE_QUEUE_CAPACITY` frames per member and drops a
+/// member whose queue is full. Before that queue fills, the kernel absorbs what fits in the
+/// server's send buffer (autotuned up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default;
 /// about 3 MiB measured on loopback) plus the slow client's receive buffer (kept small below).
-/// 6000 frames of 1 KiB overflow all of that with a margin, in 6 MiB in total. Small frames
-/// keep the total low: the queue counts frames, the kernel counts bytes.
-const UPDATES: usize = 6000;
+/// The queue's capacity plus 8000 frames of 1 KiB overflow all of that with a margin. Small
+/// frames keep the total low: the queue counts frames, the kernel counts bytes.
+const UPDATES: usize = ycord::room::UPDATE_QUEUE_CAPACITY + 8000;
 const UPDATE_BYTES: usize = 1024;
 
-/// The writer waits for the healthy clients to catch up this often, so that they are never
-/// 512 frames behind (a client that is, however briefly, is dropped by design).
+/// The writer waits for the healthy clients to catch up this often, so that they are never a
+/// full queue behind (a client that is, however briefly, is dropped by design).
 const CHECKPOINT: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
