@@ -33,6 +33,43 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The upgrade of a WebSocket request, taken out of hyper before warp routes the request so
+/// that ycord can build the WebSocket itself (warp's `ws()` hides tungstenite's buffer sizes,
+/// whose 128 KiB default read buffer was most of an idle connection's memory).
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl std::fmt::Debug for PendingUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingUpgrade")
+    }
+}
+
+impl PendingUpgrade {
+    /// The upgrade future; `None` if it was taken already.
+    pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Whether a request asks for a WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {
+    let header_has = |name: http::header::HeaderName, token: &str| {
+        request.headers().get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    header_has(http::header::CONNECTION, "upgrade")
+        && header_has(http::header::UPGRADE, "websocket")
+}
+
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("reading the certificate {path}: {reason}")]
@@ -105,8 +142,14 @@ pub async fn accept_loop<S>(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut request| {
+            let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
                 request.extensions_mut().insert(ClientAddr(client));
+                if is_websocket_upgrade(&request) {
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    request.extensions_mut().insert(PendingUpgrade(Arc::new(
+                        std::sync::Mutex::new(Some(upgrade)),
+                    )));
+                }
                 let mut service = service.clone();
                 tower_service::Service::call(&mut service, request)
             });

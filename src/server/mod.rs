@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
@@ -39,6 +41,13 @@ use crate::webhooks::Webhooks;
 
 /// How often rooms are swept for idle eviction and stale awareness states.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// tungstenite's read buffer per connection. Its default, 128 KiB, was most of an idle
+/// connection's memory; larger messages still arrive whole, read in more steps.
+const WEBSOCKET_READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Bytes tungstenite gathers before writing to the socket (frames are flushed explicitly).
+const WEBSOCKET_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How long shutdown waits for sessions to send their close frames.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -292,7 +301,8 @@ fn routes(
         let shared = shared.clone();
         warp::any().map(move || shared.clone())
     };
-    let websocket = warp::ws()
+    let websocket = warp::ext::get::<listener::PendingUpgrade>()
+        .and(warp::header::<String>("sec-websocket-key"))
         .and(warp::path::full())
         .and(http::credentials())
         .and(warp::ext::optional::<listener::ClientAddr>())
@@ -317,7 +327,8 @@ fn routes(
 }
 
 async fn upgrade(
-    ws: warp::ws::Ws,
+    pending: listener::PendingUpgrade,
+    key: String,
     path: warp::path::FullPath,
     token: Option<String>,
     client: Option<listener::ClientAddr>,
@@ -385,34 +396,62 @@ async fn upgrade(
             return Ok(http::json_error(status, &error.to_string()));
         }
     };
+    let Some(on_upgrade) = pending.take() else {
+        return Ok(http::json_error(
+            StatusCode::BAD_REQUEST,
+            "not an upgradable request",
+        ));
+    };
     let max = usize::try_from(shared.config.limits.max_message_bytes).unwrap_or(usize::MAX);
+    let websocket_config = WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
+        .write_buffer_size(WEBSOCKET_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let session_shared = shared.clone();
-    Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let limits = &session_shared.config.limits;
-            let settings = session::Settings {
-                connection,
-                subject,
-                access,
-                expires_at,
-                ping_interval: session_shared.config.ping_interval(),
-                max_message_bytes: limits.max_message_bytes,
-                max_updates_per_sec: limits.max_updates_per_sec,
-                first_message_timeout: Duration::from_secs(limits.first_message_secs),
-                shutdown: session_shared.shutdown.clone(),
-                metrics: session_shared.metrics.clone(),
-            };
-            let session = session::run(socket, lease, settings);
-            let sessions = session_shared.sessions.clone();
-            sessions.track_future(async move {
-                session.await;
-                drop(permit);
-            })
-        })
-        .into_response())
+    let limits = &shared.config.limits;
+    let settings = session::Settings {
+        connection,
+        subject,
+        access,
+        expires_at,
+        ping_interval: shared.config.ping_interval(),
+        max_message_bytes: limits.max_message_bytes,
+        max_updates_per_sec: limits.max_updates_per_sec,
+        first_message_timeout: Duration::from_secs(limits.first_message_secs),
+        shutdown: shared.shutdown.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    shared.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    Some(websocket_config),
+                )
+                .await;
+                session::run(socket, lease, settings).await;
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+        drop(permit);
+    });
+    let mut response = warp::reply().into_response();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        warp::http::header::UPGRADE,
+        warp::http::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(accept) = warp::http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(warp::http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(response)
 }
 
 /// Counts a new connection unless the server is at its limit.

@@ -12,9 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use warp::ws::{Message, WebSocket};
+
+/// A server-side WebSocket over an upgraded HTTP connection.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 use yrs::ClientID;
 
 use crate::auth::Access;
@@ -107,7 +113,10 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
                 if *code == close_code::TRY_AGAIN_LATER {
                     settings.metrics.slow_client_disconnects.inc();
                 }
-                let close = Message::close_with(*code, close_reason(reason));
+                let close = Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(*code),
+                    reason: close_reason(reason).into(),
+                }));
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
             }
             End::Gone => tracing::debug!("peer gone"),
@@ -212,7 +221,7 @@ impl Session {
 
     async fn receive(
         &mut self,
-        inbound: Option<Result<Message, warp::Error>>,
+        inbound: Option<Result<Message, tungstenite::Error>>,
         settings: &Settings,
     ) -> Result<(), End> {
         let message = match inbound {
@@ -224,20 +233,19 @@ impl Session {
         };
         self.last_heard = Instant::now();
         self.heard_anything = true;
-        if message.is_binary() {
-            self.handle_frame(message.as_bytes()).await
-        } else if message.is_text() {
-            tracing::warn!("text frame received");
-            self.metrics.reject("text_frame");
-            Err(End::Close(
-                close_code::UNSUPPORTED_DATA,
-                "text frames are not part of the protocol; send binary".into(),
-            ))
-        } else if message.is_close() {
-            Err(End::Gone)
-        } else {
+        match message {
+            Message::Binary(frame) => self.handle_frame(&frame).await,
+            Message::Text(_) => {
+                tracing::warn!("text frame received");
+                self.metrics.reject("text_frame");
+                Err(End::Close(
+                    close_code::UNSUPPORTED_DATA,
+                    "text frames are not part of the protocol; send binary".into(),
+                ))
+            }
+            Message::Close(_) => Err(End::Gone),
             // Pings are answered by the WebSocket layer; pongs only refresh `last_heard`.
-            Ok(())
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
 
@@ -316,12 +324,12 @@ impl Session {
         queue: &mut tokio::sync::mpsc::Receiver<Bytes>,
     ) -> Result<(), End> {
         self.metrics.bytes_sent.inc_by(first.len() as u64);
-        Self::bounded(self.socket.feed(Message::binary(first))).await?;
+        Self::bounded(self.socket.feed(Message::Binary(first))).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match queue.try_recv() {
                 Ok(frame) => {
                     self.metrics.bytes_sent.inc_by(frame.len() as u64);
-                    Self::bounded(self.socket.feed(Message::binary(frame))).await?
+                    Self::bounded(self.socket.feed(Message::Binary(frame))).await?
                 }
                 Err(_) => break,
             }
@@ -352,16 +360,16 @@ impl Session {
             tracing::info!("peer stopped answering pings");
             return Err(End::Gone);
         }
-        Self::bounded(self.socket.send(Message::ping(Bytes::new()))).await
+        Self::bounded(self.socket.send(Message::Ping(Bytes::new()))).await
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), End> {
         self.metrics.bytes_sent.inc_by(frame.len() as u64);
-        Self::bounded(self.socket.send(Message::binary(frame))).await
+        Self::bounded(self.socket.send(Message::Binary(frame))).await
     }
 
     async fn bounded(
-        operation: impl std::future::Future<Output = Result<(), warp::Error>>,
+        operation: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
     ) -> Result<(), End> {
         match tokio::time::timeout(SEND_TIMEOUT, operation).await {
             Ok(Ok(())) => Ok(()),
@@ -435,11 +443,8 @@ fn time_until(deadline: Option<SystemTime>) -> Duration {
 
 /// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
 /// tells the client not to resend it; anything else means the peer is gone.
-fn read_error(error: warp::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
-    let too_big = std::error::Error::source(&error)
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
-    if too_big {
+fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
+    if matches!(error, tungstenite::Error::Capacity(_)) {
         tracing::warn!(max_message_bytes, "message too big");
         metrics.limit_hit("message_size");
         End::Close(

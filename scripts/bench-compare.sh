@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs the load tool's four scenarios against ycord and the reference y-websocket server
+# (npm @y/websocket-server 0.1.1 with YPERSISTENCE, so both persist), one after the other on
+# this machine, and writes one JSON file per run to $RESULTS (default ./bench-results).
+#
+#   scripts/bench-compare.sh            # everything
+#   SCENARIOS="edit storm" scripts/bench-compare.sh
+#
+# ycord runs with the per-IP connect rate and per-connection update rate lifted: the load
+# tool opens thousands of connections from 127.0.0.1 and the replay writer sends 260k updates
+# as fast as it can, which is exactly what those limits exist to refuse.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${RESULTS:-$PWD/bench-results}
+SCENARIOS=${SCENARIOS:-"idle edit storm replay"}
+PEER_DIR=${PEER_DIR:-$(mktemp -d)}
+mkdir -p "$RESULTS"
+
+cargo build --release --locked --bin ycord --bin ycord-bench
+BIN=$PWD/target/release
+
+if [ ! -x "$PEER_DIR/node_modules/.bin/y-websocket" ]; then
+  (cd "$PEER_DIR" && npm init -y >/dev/null && npm install --no-audit --no-fund @y/websocket-server@0.1.1 yjs@13 >/dev/null)
+fi
+
+scenario_args() {
+  case $1 in
+    idle) echo "idle --connections 2000 --rooms 200 --hold-secs 10" ;;
+    edit) echo "edit --rooms 20 --clients 5 --hz 10 --seconds 20" ;;
+    storm) echo "storm --joiners 200" ;;
+    replay) echo "replay --readers 2" ;;
+  esac
+}
+
+run_against() {
+  local name=$1 url=$2 pid=$3
+  sleep 2
+  for scenario in $SCENARIOS; do
+    echo "== $name $scenario (load $(cut -d' ' -f1 /proc/loadavg))"
+    # shellcheck disable=SC2046
+    "$BIN/ycord-bench" $(scenario_args "$scenario") --url "$url" --server-pid "$pid" --json \
+      > "$RESULTS/$name-$scenario.json" 2> "$RESULTS/$name-$scenario.log" || echo "   (exit $?)"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+data=$(mktemp -d)
+"$BIN/ycord" --listen 127.0.0.1:18080 --data-dir "$data/ycord" \
+  --max-connects-per-ip-per-sec 1000000 --max-updates-per-sec 1000000 \
+  > "$RESULTS/ycord-server.log" 2>&1 &
+run_against ycord ws://127.0.0.1:18080 $!
+
+HOST=127.0.0.1 PORT=11234 YPERSISTENCE="$data/node" "$PEER_DIR/node_modules/.bin/y-websocket" \
+  > "$RESULTS/node-server.log" 2>&1 &
+run_against node ws://127.0.0.1:11234 $!
+
+rm -rf "$data"
+echo "results in $RESULTS"
