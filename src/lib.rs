@@ -13,6 +13,7 @@
 //! - [`limit`]: token buckets for update and connection rates.
 //! - [`metrics`]: the Prometheus metrics, one value per server.
 //! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
+//! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed by the tests.
 //!
 //! # The flow of one update
 //!
@@ -25,6 +26,8 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limit;
 pub mod metrics;
 pub mod protocol;
