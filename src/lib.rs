@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus metrics, one value per server.
 //! - [`webhooks`]: signed, debounced change notifications to a URL.
 //! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
+//! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed by the tests.
 //!
 //! # The flow of one update
 //!
@@ -28,6 +29,8 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limit;
 pub mod metrics;
 pub mod protocol;

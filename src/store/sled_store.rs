@@ -56,6 +56,13 @@ impl SledStore {
         let docs = db.open_tree(TREE)?;
         Ok(SledStore { db, docs })
     }
+
+    /// Writes a raw key and value into the `docs` tree, bypassing the layout: the fuzzer's
+    /// way to plant corrupt records (`crate::fuzzing::store_recovery`).
+    pub(crate) fn raw_insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.docs.insert(key, value)?;
+        Ok(())
+    }
 }
 
 fn room_prefix(room: &str) -> Vec<u8> {

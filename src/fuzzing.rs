@@ -1,0 +1,441 @@
+//! Entry points of the fuzz targets in `fuzz/`, shared with `tests/fuzz_corpus.rs`, which
+//! replays the committed corpus through the very same functions on the stable toolchain.
+//!
+//! Each `fn(&[u8])` here is one target: it must return normally on any input, and panics only
+//! on a bug (a panic in ycord or in a dependency, or a broken invariant checked here). Not part
+//! of the public API: hidden from the docs, free to change with the targets.
+//!
+//! The input formats are documented on each function; `fuzz/README.md` says how to run them.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, ReadTxn, Transact, Update};
+
+use crate::auth::{Access, Authenticator};
+use crate::error::{ApplyError, ProtocolError};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Inbound};
+use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscription};
+use crate::store::{DocStore, SledStore};
+
+/// Why a frame ends its connection: the session closes the socket on either.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// An empty v1 update, which read-only clients may send (as the session allows).
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// The session's dispatch of one inbound frame against a room (`server::session`'s
+/// `handle_frame`), without the socket, the update rate limit and the metrics. Returns the
+/// frames the session would send back, in order, or the error on which it closes the
+/// connection.
+pub fn handle_frame(
+    room: &Arc<Room>,
+    frame: &[u8],
+    access: Access,
+    controlled: &mut HashSet<ClientID>,
+) -> Result<Vec<Bytes>, FrameError> {
+    let mut replies = Vec::new();
+    for message in protocol::decode_frame(frame) {
+        match message? {
+            Inbound::SyncStep1(state_vector) => replies.push(room.sync_step2(&state_vector)),
+            Inbound::SyncStep2(update) | Inbound::Update(update) => match access {
+                Access::ReadOnly if update == EMPTY_UPDATE => {}
+                Access::ReadOnly => {
+                    replies.push(protocol::encode_auth_denied("read-only access"));
+                }
+                Access::ReadWrite => {
+                    room.apply_update(update)?;
+                }
+            },
+            Inbound::Awareness(payload) => room.apply_awareness(payload, controlled)?,
+            Inbound::QueryAwareness => replies.extend(room.awareness_snapshot()),
+            Inbound::Auth => {}
+        }
+    }
+    Ok(replies)
+}
+
+/// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
+/// must re-encode to a frame that decodes to the same message.
+pub fn protocol_decode(data: &[u8]) {
+    for message in protocol::decode_frame(data) {
+        let Ok(message) = message else { continue };
+        let encoded = match &message {
+            Inbound::SyncStep1(state_vector) => {
+                use yrs::updates::encoder::Encode;
+                protocol::encode_sync_step1(&state_vector.encode_v1())
+            }
+            Inbound::SyncStep2(update) => protocol::encode_sync_step2(update),
+            Inbound::Update(update) => protocol::encode_update(update),
+            Inbound::Awareness(payload) => protocol::encode_awareness(payload),
+            Inbound::QueryAwareness => protocol::encode_query_awareness(),
+            Inbound::Auth => protocol::encode_auth_denied(""),
+        };
+        let again: Vec<_> = protocol::decode_frame(&encoded).collect();
+        assert_eq!(again, vec![Ok(message)], "re-encoding changed the message");
+    }
+}
+
+/// A control byte in place of a frame length in [`session_frames`]' input.
+const CONTROL: u8 = 0xff;
+
+/// Target `session_frames`: one room, fed a sequence of client frames the way sessions feed
+/// it, with restarts in between.
+///
+/// Input: one flags byte (bit 0: the connection is read-only; bit 1: a 256-byte document
+/// limit instead of 1 MiB), then records. A record is a length byte `n < 0xff` followed by a
+/// frame of `n` bytes (fewer at the end of the input), or `0xff` and an operation byte:
+/// `0` reconnect, `1` compact, `2` restart (the room is reloaded from the store and must equal
+/// the one in memory), `3` expire awareness states. A frame the session would close the
+/// connection on ends that connection, and the next frame comes from a new one.
+///
+/// At the end the room is reloaded from the store, compacted and reloaded again: each time
+/// its state vector and content must equal the room's in memory.
+pub fn session_frames(data: &[u8]) {
+    let Some((&flags, mut input)) = data.split_first() else {
+        return;
+    };
+    let access = if flags & 1 == 0 {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
+    let config = RoomConfig {
+        // `apply_update` would schedule compactions on a tokio runtime: run them by hand.
+        compact_log_updates: u64::MAX,
+        compact_log_bytes: u64::MAX,
+        max_doc_bytes: if flags & 2 == 0 { 1 << 20 } else { 256 },
+        // Nothing expires while a case runs: expiry depends on the clock.
+        awareness_timeout: Duration::from_secs(3600),
+    };
+    let store: Arc<dyn DocStore> = Arc::new(temporary_store());
+    let load = || {
+        Arc::new(
+            Room::load("fuzz".into(), store.clone(), config.clone(), metrics())
+                .expect("loading from a temporary store"),
+        )
+    };
+    let mut room = load();
+    let mut member = Member::join(&room, 1);
+    while let Some((&len, rest)) = input.split_first() {
+        if len == CONTROL {
+            let Some((&operation, rest)) = rest.split_first() else {
+                break;
+            };
+            input = rest;
+            match operation % 4 {
+                0 => member = member.rejoin(&room),
+                1 => room.compact().expect("compacting into a temporary store"),
+                2 => {
+                    let next = member.connection + 1;
+                    member.leave(&room);
+                    let reloaded = load();
+                    assert_same_document(&room, &reloaded, "after a restart");
+                    room = reloaded;
+                    member = Member::join(&room, next);
+                }
+                _ => room.expire_awareness(),
+            }
+            continue;
+        }
+        let (frame, rest) = rest.split_at(usize::from(len).min(rest.len()));
+        input = rest;
+        if handle_frame(&room, frame, access, &mut member.controlled).is_err() {
+            member = member.rejoin(&room);
+        }
+    }
+    member.leave(&room);
+    assert_same_document(&room, &load(), "at the end");
+    room.compact().expect("compacting into a temporary store");
+    assert_same_document(&room, &load(), "after compaction");
+}
+
+/// One connection's membership of a room.
+struct Member {
+    connection: ConnectionId,
+    controlled: HashSet<ClientID>,
+    /// Held so that the room keeps queueing frames for it, as for a live session.
+    _subscription: Subscription,
+}
+
+impl Member {
+    fn join(room: &Room, connection: ConnectionId) -> Member {
+        let (subscription, _greeting) = room.subscribe(connection);
+        Member {
+            connection,
+            controlled: HashSet::new(),
+            _subscription: subscription,
+        }
+    }
+
+    fn leave(self, room: &Room) {
+        room.unsubscribe(self.connection, &self.controlled);
+    }
+
+    fn rejoin(self, room: &Room) -> Member {
+        let next = self.connection + 1;
+        self.leave(room);
+        Member::join(room, next)
+    }
+}
+
+/// Asserts that a room reloaded from the store holds what the room in memory holds.
+fn assert_same_document(live: &Room, reloaded: &Room, when: &str) {
+    assert_eq!(
+        state_vector(live),
+        state_vector(reloaded),
+        "state vectors differ {when}"
+    );
+    assert_eq!(live.to_json(), reloaded.to_json(), "contents differ {when}");
+}
+
+/// The room's state vector: what it has integrated (pending updates excluded), without the
+/// clients at clock 0 (yrs may list a client whose only block is empty: it has nothing).
+fn state_vector(room: &Room) -> Vec<(u64, u32)> {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        let update =
+            Update::decode_v1(&room.encode_state()).expect("a room's own encoding decodes");
+        txn.apply_update(update)
+            .expect("a room's own encoding applies");
+    }
+    let mut clocks: Vec<(u64, u32)> = doc
+        .transact()
+        .state_vector()
+        .iter()
+        .filter(|(_, clock)| **clock > 0)
+        .map(|(client, clock)| (client.get(), *clock))
+        .collect();
+    clocks.sort_unstable();
+    clocks
+}
+
+/// The room [`store_recovery`] corrupts.
+const TARGET_ROOM: &str = "target";
+/// The room [`store_recovery`] leaves alone, which must load intact whatever the other holds.
+const WITNESS_ROOM: &str = "witness";
+
+/// Target `store_recovery`: arbitrary records stored for one room; loading it must give an
+/// error or a room, and another room in the same store must load intact.
+///
+/// Input: records of a tag byte, a length byte `n` and `n` bytes (fewer at the end). With the
+/// first of those bytes as `s` (a sequence number: `s` below `0xf0`, else `u64::MAX - (0xff -
+/// s)`) and the rest as `b`, the tag modulo 4 writes, under the keys of the layout documented
+/// in `store/sled_store.rs`: `0` all `n` bytes as the snapshot value; `1` a well-formed snapshot
+/// through `s` whose update is `b`; `2` the log entry `s` holding `b`; `3` the value `b` under
+/// the room's key prefix followed by `s`'s byte and the first `s % 16` bytes of `b`.
+///
+/// The loaded room must then accept an update, compact and be deleted.
+pub fn store_recovery(data: &[u8]) {
+    let sled = temporary_store();
+    let store: Arc<dyn DocStore> = Arc::new(sled.clone());
+    let config = RoomConfig {
+        compact_log_updates: u64::MAX,
+        compact_log_bytes: u64::MAX,
+        max_doc_bytes: 1 << 20,
+        awareness_timeout: Duration::from_secs(3600),
+    };
+    let load = |name: &str| Room::load(name.into(), store.clone(), config.clone(), metrics());
+
+    // The witness has a snapshot and a log, written the way the server writes them.
+    let witness = Arc::new(load(WITNESS_ROOM).expect("loading from a temporary store"));
+    witness
+        .apply_update(&text_update(1, "snapshot"))
+        .expect("applying a valid update");
+    witness
+        .compact()
+        .expect("compacting into a temporary store");
+    witness
+        .apply_update(&text_update(2, "log"))
+        .expect("applying a valid update");
+    let expected = witness.to_json();
+    drop(witness);
+
+    let prefix = room_prefix(TARGET_ROOM);
+    let mut input = data;
+    while let Some((&tag, rest)) = input.split_first() {
+        let Some((&len, rest)) = rest.split_first() else {
+            break;
+        };
+        let (bytes, rest) = rest.split_at(usize::from(len).min(rest.len()));
+        input = rest;
+        let (seq_byte, body) = bytes.split_first().map_or((0, &[][..]), |(s, b)| (*s, b));
+        let seq = if seq_byte < 0xf0 {
+            u64::from(seq_byte)
+        } else {
+            u64::MAX - u64::from(0xff - seq_byte)
+        };
+        let (key, value) = match tag % 4 {
+            0 => (with_suffix(&prefix, &[0]), bytes.to_vec()),
+            1 => {
+                let mut value = vec![1];
+                value.extend_from_slice(&seq.to_be_bytes());
+                value.extend_from_slice(&0u64.to_be_bytes());
+                value.extend_from_slice(&lz4_flex::compress_prepend_size(body));
+                (with_suffix(&prefix, &[0]), value)
+            }
+            2 => {
+                let mut suffix = vec![1];
+                suffix.extend_from_slice(&seq.to_be_bytes());
+                (with_suffix(&prefix, &suffix), body.to_vec())
+            }
+            _ => {
+                let (extra, value) = body.split_at(usize::from(seq_byte % 16).min(body.len()));
+                let mut suffix = vec![seq_byte];
+                suffix.extend_from_slice(extra);
+                (with_suffix(&prefix, &suffix), value.to_vec())
+            }
+        };
+        sled.raw_insert(&key, &value)
+            .expect("writing to a temporary store");
+    }
+
+    let _ = store.load(TARGET_ROOM);
+    let _ = store.stats(TARGET_ROOM);
+    let _ = store.rooms();
+    if let Ok(room) = load(TARGET_ROOM) {
+        let room = Arc::new(room);
+        let _ = room.to_json();
+        // The room must stay usable: an edit goes through, and compaction and reloading work.
+        let applied = room.apply_update(&text_update(3, "after recovery"));
+        assert!(
+            !matches!(applied, Err(ApplyError::Store(_))),
+            "storing an update after recovery failed: {applied:?}"
+        );
+        if let Ok(reloaded) = load(TARGET_ROOM) {
+            assert_eq!(
+                state_vector(&room),
+                state_vector(&reloaded),
+                "a change to a recovered room did not survive a restart"
+            );
+        }
+        room.compact().expect("compacting a recovered room");
+        let _ = load(TARGET_ROOM).map(|room| room.to_json());
+        room.delete().expect("deleting a recovered room");
+    }
+
+    let witness = load(WITNESS_ROOM).expect("the witness room loads");
+    assert_eq!(witness.to_json(), expected, "the witness room changed");
+    let stored = store.load(WITNESS_ROOM).expect("the witness room loads");
+    assert!(
+        stored.corrupt.is_empty(),
+        "the witness room has corrupt records"
+    );
+}
+
+/// `u16be(len(name)) name`, the key prefix of a room in `store/sled_store.rs`'s layout.
+fn room_prefix(room: &str) -> Vec<u8> {
+    let len = u16::try_from(room.len()).expect("a short room name");
+    let mut key = len.to_be_bytes().to_vec();
+    key.extend_from_slice(room.as_bytes());
+    key
+}
+
+fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// A v1 update from a fresh client `client` that appends `text` to the root text `text`.
+fn text_update(client: u64, text: &str) -> Vec<u8> {
+    use yrs::Text;
+    let doc = Doc::with_client_id(client);
+    let root = doc.get_or_insert_text("text");
+    let mut txn = doc.transact_mut();
+    root.push(&mut txn, text);
+    txn.encode_update_v1()
+}
+
+/// The secret tokens are checked against in [`auth_token`].
+pub const AUTH_SECRET: &[u8] = b"ycord-fuzz-secret";
+
+/// Target `auth_token`: tokens, room names, query strings, headers and paths as a client may
+/// send them.
+///
+/// Input: text (invalid UTF-8 replaced) whose lines are, in order: a token, a room name, a
+/// query string, an `Authorization` header value, a request path and a base path. When the
+/// first byte is `{`, the first line is instead a JSON claims object, signed with
+/// [`AUTH_SECRET`] to make the token, which reaches the claims checks behind the signature.
+pub fn auth_token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let mut next = || lines.next().unwrap_or("");
+    let first = next();
+    let token: Cow<'_, str> = if first.starts_with('{') {
+        match signed(first) {
+            Some(token) => Cow::Owned(token),
+            None => Cow::Borrowed(first),
+        }
+    } else {
+        Cow::Borrowed(first)
+    };
+    let (room, query, header, path, base) = (next(), next(), next(), next(), next());
+
+    let auth = authenticator();
+    let _ = auth.verify(Some(&token));
+    if let Ok(claims) = auth.authorize_room(Some(&token), room) {
+        assert!(
+            claims.allows_room(room),
+            "a token opened a room it does not name"
+        );
+        // What the server does with an accepted token.
+        let _ = (claims.mode, claims.expires_at(), &claims.sub);
+    }
+    if let Ok(claims) = auth.authorize_admin(Some(&token)) {
+        assert!(claims.admin, "a token without `admin` opened the API");
+    }
+
+    let from_request = crate::auth::token_from_request(Some(query), Some(header));
+    if let Some(token) = from_request.as_deref() {
+        let _ = auth.authorize_room(Some(token), room);
+    }
+    let _ = crate::auth::token_from_request(None, Some(header));
+
+    if let Ok(name) = crate::server::room_name(path, base) {
+        assert!(
+            !name.is_empty() && name.len() <= MAX_ROOM_NAME_BYTES,
+            "room name of {} bytes accepted",
+            name.len()
+        );
+    }
+}
+
+/// An HS256 token over the JSON claims `claims`, if they are a JSON value.
+fn signed(claims: &str) -> Option<String> {
+    let claims: serde_json::Value = serde_json::from_str(claims).ok()?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(AUTH_SECRET),
+    )
+    .ok()
+}
+
+fn authenticator() -> &'static Authenticator {
+    static AUTH: OnceLock<Authenticator> = OnceLock::new();
+    AUTH.get_or_init(|| Authenticator::new(AUTH_SECRET))
+}
+
+fn metrics() -> Arc<Metrics> {
+    static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+    METRICS.get_or_init(|| Arc::new(Metrics::new())).clone()
+}
+
+/// A fresh store per case keeps cases independent; sled removes it when the last clone drops.
+fn temporary_store() -> SledStore {
+    SledStore::temporary().expect("opening a temporary store")
+}
