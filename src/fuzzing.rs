@@ -123,7 +123,7 @@ pub fn session_frames(data: &[u8]) {
     let store: Arc<dyn DocStore> = Arc::new(temporary_store());
     let load = || {
         Arc::new(
-            Room::load("fuzz".into(), store.clone(), config.clone(), metrics())
+            Room::load("fuzz".into(), store.clone(), config.clone(), metrics(), None)
                 .expect("loading from a temporary store"),
         )
     };
@@ -248,7 +248,7 @@ pub fn store_recovery(data: &[u8]) {
         max_doc_bytes: 1 << 20,
         awareness_timeout: Duration::from_secs(3600),
     };
-    let load = |name: &str| Room::load(name.into(), store.clone(), config.clone(), metrics());
+    let load = |name: &str| Room::load(name.into(), store.clone(), config.clone(), metrics(), None);
 
     // The witness has a snapshot and a log, written the way the server writes them.
     let witness = Arc::new(load(WITNESS_ROOM).expect("loading from a temporary store"));
