@@ -123,8 +123,14 @@ pub fn session_frames(data: &[u8]) {
     let store: Arc<dyn DocStore> = Arc::new(temporary_store());
     let load = || {
         Arc::new(
-            Room::load("fuzz".into(), store.clone(), config.clone(), metrics(), None)
-                .expect("loading from a temporary store"),
+            Room::load(
+                "fuzz".into(),
+                store.clone(),
+                config.clone(),
+                metrics(),
+                None,
+            )
+            .expect("loading from a temporary store"),
         )
     };
     let mut room = load();

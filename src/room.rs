@@ -215,7 +215,8 @@ impl Room {
             let mut txn = doc.transact_mut();
             for (offset, bytes) in batch.iter().enumerate() {
                 log_bytes += bytes.len() as u64;
-                let applied = protocol::decode_untrusted(|| Update::decode_v1(bytes))
+                let applied = protocol::check_count(bytes, 3)
+                    .and_then(|()| protocol::decode_untrusted(|| Update::decode_v1(bytes)))
                     .and_then(|update| txn.apply_update(update).map_err(|e| e.to_string()));
                 if let Err(error) = applied {
                     let index = batch_index * LOAD_BATCH + offset;
@@ -322,6 +323,9 @@ impl Room {
     /// queued for every member (the sender included: clients ignore what they have, and the
     /// echo is what y-websocket v4's sync status waits for). An invalid update changes nothing.
     pub fn apply_update(self: &Arc<Self>, update: &[u8]) -> Result<Applied, ApplyError> {
+        // An update starts with its number of clients, each taking at least three bytes
+        // (struct count, client, clock); the delete set follows.
+        protocol::check_count(update, 3).map_err(ApplyError::InvalidUpdate)?;
         let decoded = protocol::decode_untrusted(|| Update::decode_v1(update))
             .map_err(ApplyError::InvalidUpdate)?;
         let mut state = self.state();
@@ -353,7 +357,7 @@ impl Room {
         }
         state.full_sync_reply = None;
         let seq = state.next_seq;
-        state.next_seq += 1;
+        state.next_seq = state.next_seq.saturating_add(1);
         state.last_change_ms = SystemClock.now();
         state.log_updates += 1;
         state.log_bytes += delta.len() as u64;
@@ -391,6 +395,8 @@ impl Room {
         payload: &[u8],
         controlled: &mut HashSet<ClientID>,
     ) -> Result<(), ApplyError> {
+        // Each awareness entry takes at least three bytes (client, clock, state length).
+        protocol::check_count(payload, 3).map_err(ApplyError::InvalidAwareness)?;
         let update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
             .map_err(ApplyError::InvalidAwareness)?;
         let mut state = self.state();

@@ -32,6 +32,8 @@ const SNAPSHOT_FORMAT: u8 = 1;
 /// Bytes of a snapshot value before the compressed payload: format byte, `through_seq` and
 /// `last_change_ms`.
 const SNAPSHOT_HEADER: usize = 17;
+/// lz4 expands at most about 255:1; a size prefix claiming more is corrupt.
+const MAX_LZ4_RATIO: usize = 256;
 
 /// sled-backed [`DocStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
@@ -122,7 +124,19 @@ pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, Stor
             "snapshot header is missing or of an unknown format",
         ));
     }
-    let update = lz4_flex::decompress_size_prepended(&value[SNAPSHOT_HEADER..])
+    let payload = &value[SNAPSHOT_HEADER..];
+    // The payload starts with the decompressed size (u32, little endian); a corrupt one would
+    // make the decompressor reserve up to 4 GiB before failing.
+    let claimed = payload.get(..4).map_or(0, |size| {
+        u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize
+    });
+    if claimed > payload.len().saturating_mul(MAX_LZ4_RATIO) {
+        return Err(corrupt(
+            key,
+            "snapshot size prefix is larger than lz4 can expand to",
+        ));
+    }
+    let update = lz4_flex::decompress_size_prepended(payload)
         .map_err(|error| corrupt(key, format!("snapshot does not decompress: {error}")))?;
     Ok(Snapshot {
         through_seq: read_u64(&value[1..9]),
@@ -160,7 +174,7 @@ impl DocStore for SledStore {
             match decode_snapshot(&snapshot_key(room), &value) {
                 Ok(snapshot) => {
                     through_seq = Some(snapshot.through_seq);
-                    doc.next_seq = snapshot.through_seq + 1;
+                    doc.next_seq = snapshot.through_seq.saturating_add(1);
                     doc.last_change_ms = Some(snapshot.last_change_ms);
                     doc.snapshot = Some(snapshot.update);
                 }
@@ -181,7 +195,7 @@ impl DocStore for SledStore {
             if through_seq.is_some_and(|through| seq <= through) {
                 continue;
             }
-            doc.next_seq = doc.next_seq.max(seq + 1);
+            doc.next_seq = doc.next_seq.max(seq.saturating_add(1));
             doc.log.push(value.to_vec());
         }
         Ok(doc)
