@@ -328,6 +328,12 @@ impl Room {
         protocol::check_count(update, 3).map_err(ApplyError::InvalidUpdate)?;
         let decoded = protocol::decode_untrusted(|| Update::decode_v1(update))
             .map_err(ApplyError::InvalidUpdate)?;
+        // yrs 0.28 accepts some updates whose parts it cannot re-encode; kept pending, they
+        // made every later sync reply of the room panic (fuzzer finding
+        // `pending-update-breaks-sync-step2`). Refuse an update that does not survive a
+        // re-encoding before it touches the document.
+        protocol::decode_untrusted(|| Update::decode_v1(&decoded.encode_v1()))
+            .map_err(|_| ApplyError::InvalidUpdate("the update does not re-encode".into()))?;
         let mut state = self.state();
         if state.deleted {
             return Err(ApplyError::RoomDeleted);
@@ -399,6 +405,13 @@ impl Room {
         protocol::check_count(payload, 3).map_err(ApplyError::InvalidAwareness)?;
         let update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
             .map_err(ApplyError::InvalidAwareness)?;
+        // Removing a state bumps its clock; at u32::MAX that overflows (fuzzer finding
+        // `awareness-clock-max-then-disconnect`), and no real client counts that far.
+        if update.clients.values().any(|entry| entry.clock == u32::MAX) {
+            return Err(ApplyError::InvalidAwareness(
+                "awareness clock out of range".into(),
+            ));
+        }
         let mut state = self.state();
         let summary = state
             .awareness
