@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::node::{SCRIPT_TIMEOUT, ensure_node_deps, interop_dir};
 use common::{Client, TestServer, WAIT, text};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
@@ -625,58 +624,3 @@ async fn rooms_not_in_memory_serve_state_take_updates_and_can_be_deleted() {
 
 // ---------------------------------------------------------------------------------------------
 // The stock JavaScript client (tests/interop/api_update.mjs).
-
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-const NODE_PACKAGES: &[&str] = &["yjs", "y-websocket", "y-protocols", "ws"];
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Makes sure node is there and `npm ci` has run, once per test binary.
-fn ensure_node_deps() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(error) = READY.get_or_init(install_node_deps) {
-        panic!("{error}");
-    }
-}
-
-fn install_node_deps() -> Result<(), String> {
-    let dir = interop_dir();
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => return Err(format!("`node --version` failed: {}", output.status)),
-        Err(error) => {
-            return Err(format!(
-                "this test needs Node.js (node and npm on the PATH): cannot run `node`: {error}"
-            ));
-        }
-    }
-    let installed = |package: &str| {
-        dir.join("node_modules")
-            .join(package)
-            .join("package.json")
-            .exists()
-    };
-    if NODE_PACKAGES.iter().all(|package| installed(package)) {
-        return Ok(());
-    }
-    let output = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .map_err(|error| format!("cannot run `npm`: {error}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "`npm ci` in {} failed ({}):\n{}{}",
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    match NODE_PACKAGES.iter().find(|package| !installed(package)) {
-        Some(missing) => Err(format!("`npm ci` did not install {missing}")),
-        None => Ok(()),
-    }
-}

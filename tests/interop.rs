@@ -9,82 +9,15 @@
 mod common;
 mod ycord_bin;
 
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestServer;
+use common::node::{SCRIPT_TIMEOUT, ensure_node_deps, interop_dir, run_node};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use ycord_bin::{EXIT_WAIT, Ycord};
-
-/// Hard bound on one scenario; the scripts time themselves out after 20 s.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The packages `npm ci` must have installed.
-const NODE_PACKAGES: &[&str] = &["yjs", "y-websocket", "y-protocols", "ws"];
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Makes sure node is there and the scripts' dependencies are installed, once per test
-/// binary: the test threads wait for the one running `npm ci`.
-fn ensure_node_deps() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(error) = READY.get_or_init(install_node_deps) {
-        panic!("{error}");
-    }
-}
-
-fn install_node_deps() -> Result<(), String> {
-    let dir = interop_dir();
-    let version = std::process::Command::new("node").arg("--version").output();
-    match version {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => return Err(format!("`node --version` failed: {}", output.status)),
-        Err(error) => {
-            return Err(format!(
-                "the interop tests need Node.js (node and npm on the PATH) to run the stock \
-                 y-websocket client: cannot run `node`: {error}"
-            ));
-        }
-    }
-    let installed = |package: &str| {
-        dir.join("node_modules")
-            .join(package)
-            .join("package.json")
-            .exists()
-    };
-    if NODE_PACKAGES.iter().all(|package| installed(package)) {
-        return Ok(());
-    }
-    eprintln!("interop: running `npm ci` in {}", dir.display());
-    let output = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .map_err(|error| {
-            format!(
-                "the interop tests need npm to install the y-websocket client: cannot run \
-                 `npm`: {error}"
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "`npm ci` in {} failed ({}):\n{}{}",
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    match NODE_PACKAGES.iter().find(|package| !installed(package)) {
-        Some(missing) => Err(format!("`npm ci` did not install {missing}")),
-        None => Ok(()),
-    }
-}
 
 /// A room name no other test (or earlier run on a reused data dir) uses.
 fn unique_room(prefix: &str) -> String {
@@ -118,19 +51,7 @@ fn node(script: &str, url: &str, room: &str) -> Command {
 
 /// Runs a self-contained scenario to its end and asserts it passed.
 async fn run_scenario(script: &str, url: &str, room: &str) {
-    let child = node(script, url, room).spawn().expect("spawn node");
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
-        Ok(output) => output.expect("wait for node"),
-        // Dropping the future drops the child, which kills it.
-        Err(_) => panic!("{script} did not finish within {SCRIPT_TIMEOUT:?} (killed)"),
-    };
-    assert!(
-        output.status.success(),
-        "{script} failed ({}); its stderr:\n{}\nstdout:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
+    run_node(script, &[url, room]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
