@@ -57,21 +57,7 @@ pub struct TraceTxn {
 impl SequentialTrace {
     /// Reads a gzipped JSON trace.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
-        let file = std::fs::File::open(path).map_err(|source| TraceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut json = String::new();
-        flate2::read::GzDecoder::new(file)
-            .read_to_string(&mut json)
-            .map_err(|source| TraceError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        serde_json::from_str(&json).map_err(|source| TraceError::Json {
-            path: path.to_owned(),
-            source,
-        })
+        load_gzipped_json(path)
     }
 
     /// Replays the trace into a fresh document, returning one v1 update per transaction and
@@ -103,6 +89,25 @@ impl SequentialTrace {
         }
         Ok((updates, doc))
     }
+}
+
+/// Reads and parses a gzipped JSON file.
+fn load_gzipped_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TraceError> {
+    let file = std::fs::File::open(path).map_err(|source| TraceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .map_err(|source| TraceError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    serde_json::from_str(&json).map_err(|source| TraceError::Json {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Where the shared traces live relative to this crate (`../shared/data/traces/`), unless
@@ -148,21 +153,7 @@ pub struct ConcurrentReplay {
 impl ConcurrentTrace {
     /// Reads a gzipped JSON concurrent trace.
     pub fn load(path: &Path) -> Result<Self, TraceError> {
-        let file = std::fs::File::open(path).map_err(|source| TraceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut json = String::new();
-        flate2::read::GzDecoder::new(file)
-            .read_to_string(&mut json)
-            .map_err(|source| TraceError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        serde_json::from_str(&json).map_err(|source| TraceError::Json {
-            path: path.to_owned(),
-            source,
-        })
+        load_gzipped_json(path)
     }
 
     /// Replays the trace with one `yrs` document per agent, returning one v1 update per txn.
