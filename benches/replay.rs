@@ -106,13 +106,20 @@ fn store_with_snapshot(state: &[u8], through_seq: u64) -> Arc<SledStore> {
     Arc::new(store)
 }
 
-/// A store holding the room as an uncompacted log of `updates`.
+/// A store holding the room as an uncompacted log of `updates`, one per log entry (the worst
+/// case: an editor typing slower than the flush interval).
 fn store_with_log(updates: &[Vec<u8>]) -> Arc<SledStore> {
     let store = SledStore::temporary().expect("temporary store opens");
-    for (seq, update) in (0..).zip(updates) {
-        store.append(ROOM, seq, update).expect("append");
-    }
+    append_one_per_entry(&store, 0, updates);
     Arc::new(store)
+}
+
+fn append_one_per_entry(store: &SledStore, first_seq: u64, updates: &[Vec<u8>]) {
+    for (seq, update) in (first_seq..).zip(updates) {
+        store
+            .append(ROOM, seq, &[Bytes::copy_from_slice(update)])
+            .expect("append");
+    }
 }
 
 /// A store holding the automerge-paper room as ycord's defaults leave it at worst: a snapshot
@@ -120,9 +127,7 @@ fn store_with_log(updates: &[Vec<u8>]) -> Arc<SledStore> {
 fn store_with_snapshot_and_tail(trace: &Automerge) -> Arc<SledStore> {
     let tail_start = trace.updates.len() - CHUNK;
     let store = store_with_snapshot(&trace.state_before_tail, tail_start as u64 - 1);
-    for (seq, update) in (tail_start as u64..).zip(&trace.updates[tail_start..]) {
-        store.append(ROOM, seq, update).expect("append");
-    }
+    append_one_per_entry(&store, tail_start as u64, &trace.updates[tail_start..]);
     store
 }
 
@@ -274,48 +279,55 @@ fn room_apply(c: &mut Criterion) {
     group.finish();
 }
 
-/// Bench 3: sled: appending updates to a room's log, then flushing. `tmpfs` is
-/// `SledStore::temporary()` (in /dev/shm on Linux, so the flush writes to memory); `disk`
-/// is `SledStore::open` in a temporary directory on the work disk.
+/// Bench 3: sled: appending updates to a room's log, then flushing, with one update per log
+/// entry (an editor typing slower than the flush interval) and with the updates of a burst in
+/// entries of up to 1000 (what a room writes when updates arrive faster). `tmpfs` is
+/// `SledStore::temporary()` (in /dev/shm on Linux, so the flush writes to memory); `disk` is
+/// `SledStore::open` in a temporary directory on the work disk.
 fn sled_append(c: &mut Criterion) {
     let trace = automerge();
     let mut group = quick_group(c, "sled_append_flush");
     group.sampling_mode(SamplingMode::Flat);
     for count in [100, CHUNK] {
-        let updates = &trace.updates[..count];
+        let updates: Vec<Bytes> = trace.updates[..count]
+            .iter()
+            .map(|update| Bytes::copy_from_slice(update))
+            .collect();
         group.throughput(Throughput::Elements(count as u64));
-        group.bench_function(format!("tmpfs/{count}"), |b| {
-            b.iter_batched(
-                || SledStore::temporary().expect("temporary store opens"),
-                |store| {
-                    for (seq, update) in (0..).zip(updates) {
-                        store.append(ROOM, seq, update).expect("append");
-                    }
-                    store.flush().expect("flush");
-                    store
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        group.bench_function(format!("disk/{count}"), |b| {
-            b.iter_batched(
-                || {
-                    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-                        .expect("temporary directory");
-                    // The background flusher stays out of the way: the bench flushes itself.
-                    let store = SledStore::open(dir.path()).expect("store opens");
-                    (store, dir)
-                },
-                |(store, dir)| {
-                    for (seq, update) in (0..).zip(updates) {
-                        store.append(ROOM, seq, update).expect("append");
-                    }
-                    store.flush().expect("flush");
-                    (store, dir)
-                },
-                BatchSize::PerIteration,
-            )
-        });
+        for per_entry in [1, 1000] {
+            let append_all = |store: &SledStore| {
+                for (seq, entry) in (0..).zip(updates.chunks(per_entry)) {
+                    store.append(ROOM, seq, entry).expect("append");
+                }
+                store.flush().expect("flush");
+            };
+            group.bench_function(format!("tmpfs/{count}/{per_entry}-per-entry"), |b| {
+                b.iter_batched(
+                    || SledStore::temporary().expect("temporary store opens"),
+                    |store| {
+                        append_all(&store);
+                        store
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+            group.bench_function(format!("disk/{count}/{per_entry}-per-entry"), |b| {
+                b.iter_batched(
+                    || {
+                        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                            .expect("temporary directory");
+                        // The background flusher stays out of the way: the bench flushes.
+                        let store = SledStore::open(dir.path()).expect("store opens");
+                        (store, dir)
+                    },
+                    |(store, dir)| {
+                        append_all(&store);
+                        (store, dir)
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
     }
     group.finish();
 }
@@ -404,7 +416,7 @@ impl DocStore for NullStore {
     fn load(&self, _room: &str) -> Result<StoredDoc, StoreError> {
         Ok(StoredDoc::default())
     }
-    fn append(&self, _room: &str, _seq: u64, _update: &[u8]) -> Result<(), StoreError> {
+    fn append(&self, _room: &str, _seq: u64, _updates: &[Bytes]) -> Result<(), StoreError> {
         Ok(())
     }
     fn compact(&self, _: &str, _: &[u8], _: u64, _: u64) -> Result<(), StoreError> {
@@ -446,8 +458,8 @@ impl DocStore for LogAs {
             last_change_ms: None,
         })
     }
-    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
-        self.0.append(room, seq, update)
+    fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+        self.0.append(room, seq, updates)
     }
     fn compact(
         &self,

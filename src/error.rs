@@ -33,6 +33,15 @@ pub enum ApplyError {
     InvalidUpdate(String),
     #[error("invalid awareness update: {0}")]
     InvalidAwareness(String),
+    #[error(
+        "the update continues client {client}'s changes at clock {starts_at}, but the document \
+         has them only up to {known}"
+    )]
+    MissingPredecessors {
+        client: u64,
+        known: u32,
+        starts_at: u32,
+    },
     #[error("the document would grow past its {limit}-byte limit")]
     DocumentTooLarge { limit: u64 },
     #[error("storage failed: {0}")]

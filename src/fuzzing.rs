@@ -8,64 +8,19 @@
 //! The input formats are documented on each function; `fuzz/README.md` says how to run them.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use thiserror::Error;
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, ReadTxn, Transact, Update};
+use yrs::{Doc, ReadTxn, Transact, Update};
 
 use crate::auth::{Access, Authenticator};
-use crate::error::{ApplyError, ProtocolError};
+use crate::error::ApplyError;
 use crate::metrics::Metrics;
+use crate::peer::Peer;
 use crate::protocol::{self, Inbound};
 use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscription};
-use crate::store::{DocStore, SledStore};
-
-/// Why a frame ends its connection: the session closes the socket on either.
-#[derive(Debug, Error)]
-pub enum FrameError {
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-}
-
-/// An empty v1 update, which read-only clients may send (as the session allows).
-const EMPTY_UPDATE: &[u8] = &[0, 0];
-
-/// The session's dispatch of one inbound frame against a room (`server::session`'s
-/// `handle_frame`), without the socket, the update rate limit and the metrics. Returns the
-/// frames the session would send back, in order, or the error on which it closes the
-/// connection.
-pub fn handle_frame(
-    room: &Arc<Room>,
-    frame: &[u8],
-    access: Access,
-    controlled: &mut HashSet<ClientID>,
-) -> Result<Vec<Bytes>, FrameError> {
-    let mut replies = Vec::new();
-    for message in protocol::decode_frame(frame) {
-        match message? {
-            Inbound::SyncStep1(state_vector) => replies.push(room.sync_step2(&state_vector)),
-            Inbound::SyncStep2(update) | Inbound::Update(update) => match access {
-                Access::ReadOnly if update == EMPTY_UPDATE => {}
-                Access::ReadOnly => {
-                    replies.push(protocol::encode_auth_denied("read-only access"));
-                }
-                Access::ReadWrite => {
-                    room.apply_update(update)?;
-                }
-            },
-            Inbound::Awareness(payload) => room.apply_awareness(payload, controlled)?,
-            Inbound::QueryAwareness => replies.extend(room.awareness_snapshot()),
-            Inbound::Auth => {}
-        }
-    }
-    Ok(replies)
-}
+use crate::store::{DocStore, SledStore, encode_log_entry};
 
 /// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
 /// must re-encode to a frame that decodes to the same message.
@@ -134,7 +89,7 @@ pub fn session_frames(data: &[u8]) {
         )
     };
     let mut room = load();
-    let mut member = Member::join(&room, 1);
+    let mut member = Member::join(&room, 1, access);
     while let Some((&len, rest)) = input.split_first() {
         if len == CONTROL {
             let Some((&operation, rest)) = rest.split_first() else {
@@ -142,15 +97,17 @@ pub fn session_frames(data: &[u8]) {
             };
             input = rest;
             match operation % 4 {
-                0 => member = member.rejoin(&room),
+                0 => member = member.rejoin(&room, access),
                 1 => room.compact().expect("compacting into a temporary store"),
                 2 => {
                     let next = member.connection + 1;
                     member.leave(&room);
+                    // What the flusher does before every flush.
+                    room.write_log().expect("writing to a temporary store");
                     let reloaded = load();
                     assert_same_document(&room, &reloaded, "after a restart");
                     room = reloaded;
-                    member = Member::join(&room, next);
+                    member = Member::join(&room, next, access);
                 }
                 _ => room.expire_awareness(),
             }
@@ -158,11 +115,12 @@ pub fn session_frames(data: &[u8]) {
         }
         let (frame, rest) = rest.split_at(usize::from(len).min(rest.len()));
         input = rest;
-        if handle_frame(&room, frame, access, &mut member.controlled).is_err() {
-            member = member.rejoin(&room);
+        if member.peer.handle_frame(frame).is_err() {
+            member = member.rejoin(&room, access);
         }
     }
     member.leave(&room);
+    room.write_log().expect("writing to a temporary store");
     assert_same_document(&room, &load(), "at the end");
     room.compact().expect("compacting into a temporary store");
     assert_same_document(&room, &load(), "after compaction");
@@ -171,29 +129,31 @@ pub fn session_frames(data: &[u8]) {
 /// One connection's membership of a room.
 struct Member {
     connection: ConnectionId,
-    controlled: HashSet<ClientID>,
+    /// The server's dispatch of the connection's frames, as in a live session (with no
+    /// update rate limit: a case is not timed).
+    peer: Peer,
     /// Held so that the room keeps queueing frames for it, as for a live session.
     _subscription: Subscription,
 }
 
 impl Member {
-    fn join(room: &Room, connection: ConnectionId) -> Member {
+    fn join(room: &Arc<Room>, connection: ConnectionId, access: Access) -> Member {
         let (subscription, _greeting) = room.subscribe(connection);
         Member {
             connection,
-            controlled: HashSet::new(),
+            peer: Peer::new(room.clone(), access, u64::MAX, metrics()),
             _subscription: subscription,
         }
     }
 
     fn leave(self, room: &Room) {
-        room.unsubscribe(self.connection, &self.controlled);
+        room.unsubscribe(self.connection, self.peer.controlled());
     }
 
-    fn rejoin(self, room: &Room) -> Member {
+    fn rejoin(self, room: &Arc<Room>, access: Access) -> Member {
         let next = self.connection + 1;
         self.leave(room);
-        Member::join(room, next)
+        Member::join(room, next, access)
     }
 }
 
@@ -241,7 +201,7 @@ const WITNESS_ROOM: &str = "witness";
 /// first of those bytes as `s` (a sequence number: `s` below `0xf0`, else `u64::MAX - (0xff -
 /// s)`) and the rest as `b`, the tag modulo 4 writes, under the keys of the layout documented
 /// in `store/sled_store.rs`: `0` all `n` bytes as the snapshot value; `1` a well-formed snapshot
-/// through `s` whose update is `b`; `2` the log entry `s` holding `b`; `3` the value `b` under
+/// through `s` whose update is `b`; `2` the log entry `s` holding the update `b`; `3` the value `b` under
 /// the room's key prefix followed by `s`'s byte and the first `s % 16` bytes of `b`.
 ///
 /// The loaded room must then accept an update, compact and be deleted.
@@ -267,6 +227,7 @@ pub fn store_recovery(data: &[u8]) {
     witness
         .apply_update(&text_update(2, "log"))
         .expect("applying a valid update");
+    witness.write_log().expect("writing to a temporary store");
     let expected = witness.to_json();
     drop(witness);
 
@@ -296,7 +257,7 @@ pub fn store_recovery(data: &[u8]) {
             2 => {
                 let mut suffix = vec![1];
                 suffix.extend_from_slice(&seq.to_be_bytes());
-                (with_suffix(&prefix, &suffix), body.to_vec())
+                (with_suffix(&prefix, &suffix), encode_log_entry(&[body]))
             }
             _ => {
                 let (extra, value) = body.split_at(usize::from(seq_byte % 16).min(body.len()));
@@ -320,6 +281,11 @@ pub fn store_recovery(data: &[u8]) {
         assert!(
             !matches!(applied, Err(ApplyError::Store(_))),
             "storing an update after recovery failed: {applied:?}"
+        );
+        let written = room.write_log();
+        assert!(
+            written.is_ok(),
+            "storing an update after recovery failed: {written:?}"
         );
         if let Ok(reloaded) = load(TARGET_ROOM) {
             assert_eq!(

@@ -33,6 +33,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod limit;
 pub mod metrics;
+pub mod peer;
 pub mod protocol;
 pub mod room;
 pub mod rooms;

@@ -16,10 +16,11 @@
 //! one, because clients up to y-websocket v3 read only the first message of a frame.
 
 use bytes::Bytes;
-use yrs::StateVector;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{StateVector, Update};
 
 use crate::error::ProtocolError;
 
@@ -129,6 +130,21 @@ pub(crate) fn check_count(bytes: &[u8], min_entry_bytes: usize) -> Result<(), St
         return Err(format!("{count} entries cannot fit in {remaining} bytes"));
     }
     Ok(())
+}
+
+/// Decodes a v1 update from untrusted bytes (a client or the disk) into something yrs can
+/// safely apply: the leading count is checked first (see [`check_count`]; each client takes at
+/// least three bytes), decoding panics become errors, and the update must survive a
+/// re-encoding. yrs 0.28 accepts some updates whose parts it cannot re-encode; kept pending,
+/// they made every later sync reply, compaction and JSON view of the room panic (fuzzer
+/// findings `pending-update-breaks-sync-step2` from a client and
+/// `pending-log-entry-breaks-encoding` from a corrupt store).
+pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
+    check_count(bytes, 3)?;
+    let update = decode_untrusted(|| Update::decode_v1(bytes))?;
+    decode_untrusted(|| Update::decode_v1(&update.encode_v1()))
+        .map_err(|_| "the update does not re-encode".to_owned())?;
+    Ok(update)
 }
 
 /// Runs a yrs decoder over untrusted bytes, turning a panic into an error. yrs asserts (in

@@ -323,6 +323,34 @@ impl Rooms {
         Ok(())
     }
 
+    /// Writes every loaded room's unwritten updates (see [`Room::write_log`]) and flushes the
+    /// store: everything applied so far becomes durable. Returns the bytes flushed. A room
+    /// whose slot is busy at this moment (a join holds it for microseconds; eviction and
+    /// deletion write or discard the log themselves) is left for the next flush.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let rooms: Vec<Arc<Room>> = self
+            .all_slots()
+            .iter()
+            .filter_map(|(_, slot)| match &*slot.try_lock().ok()? {
+                Slot::Loaded(room) => Some(room.clone()),
+                _ => None,
+            })
+            .collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for room in &rooms {
+                if let Err(error) = room.write_log() {
+                    // The updates are in memory: a compaction stores them all.
+                    tracing::error!(room = %room.name(), %error, "writing the log failed");
+                    room.schedule_compaction();
+                }
+            }
+            store.flush()
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
     /// Compacts every loaded room and flushes the store: the shutdown path. Rooms stay loaded.
     pub async fn persist_all(&self) -> Result<(), StoreError> {
         let rooms = self.loaded().await;

@@ -329,7 +329,9 @@ async fn room_info_reports_sizes_or_404() {
     assert_eq!(info["room"], "file:text/42");
     assert_eq!(info["loaded"], true);
     assert_eq!(info["connections"], 1);
-    assert_eq!(info["log_entries"], 2);
+    assert_eq!(info["log_updates"], 2, "{info}");
+    // Written once per flush window: one or two entries, depending on the timing.
+    assert!(info["log_entries"].as_u64().unwrap() >= 1, "{info}");
     assert!(info["log_bytes"].as_u64().unwrap() > 0, "{info}");
     assert!(info["doc_bytes"].as_u64().unwrap() > 0, "{info}");
     assert!(info["last_change_ms"].as_u64().unwrap() > 0, "{info}");

@@ -156,6 +156,8 @@ async fn the_log_is_compacted_while_the_server_runs() {
     observer
         .wait_for("the map", |client| map_len(client) == 26)
         .await;
+    // Durable after the flush window, which an abandoned server does not get to close.
+    tokio::time::sleep(Duration::from_millis(server.config.flush_ms * 3)).await;
     let (dir, config) = server.abandon().await;
 
     let store = open_store(&config.data_dir).await;

@@ -109,6 +109,8 @@ async fn rooms_stay_apart_in_the_update_log_without_a_graceful_shutdown() {
     // No compaction at all: everything stays in the per-room update log.
     let server = DetachedServer::start_with(|_| {}).await;
     let pairs = fill_rooms(|name| server.room_url(name)).await;
+    // Durable after the flush window, which an abandoned server does not get to close.
+    tokio::time::sleep(std::time::Duration::from_millis(server.config.flush_ms * 3)).await;
     let (dir, config) = server.abandon().await;
     drop(pairs);
 

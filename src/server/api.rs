@@ -250,6 +250,7 @@ async fn room_info(shared: &Shared, room: &str) -> Response {
         "connections": info.as_ref().map_or(0, |info| info.connections),
         "doc_bytes": info.as_ref().map(|info| info.doc_bytes),
         "snapshot_bytes": stats.snapshot_bytes,
+        "log_updates": info.as_ref().map(|info| info.log_updates),
         "log_entries": stats.log_entries,
         "log_bytes": stats.log_bytes,
         "last_change_ms": last_change_ms,
@@ -281,6 +282,9 @@ fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {
         }
         Err(error @ ApplyError::DocumentTooLarge { .. }) => {
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string())
+        }
+        Err(error @ ApplyError::MissingPredecessors { .. }) => {
+            json_error(StatusCode::CONFLICT, &error.to_string())
         }
         Err(ApplyError::RoomDeleted) => json_error(StatusCode::CONFLICT, "the room was deleted"),
         Err(error @ ApplyError::Store(_)) => {

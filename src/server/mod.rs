@@ -273,22 +273,20 @@ async fn sweep(shared: Arc<Shared>) {
     }
 }
 
-/// Flushes the store every `--flush-ms`: the durability window. One flush at a time; a slow
-/// disk stretches the window rather than piling flushes up.
+/// Writes the rooms' logs and flushes the store every `--flush-ms`: the durability window. One
+/// flush at a time; a slow disk stretches the window rather than piling flushes up.
 async fn flush(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(shared.config.flush_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let store = shared.rooms.store().clone();
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || store.flush()).await {
-            Ok(Ok(_)) => shared
+        match shared.rooms.flush().await {
+            Ok(_) => shared
                 .metrics
                 .persist_flush_seconds
                 .observe(started.elapsed().as_secs_f64()),
-            Ok(Err(error)) => tracing::error!(%error, "flush failed"),
-            Err(error) => tracing::error!(%error, "flush task failed"),
+            Err(error) => tracing::error!(%error, "flush failed"),
         }
     }
 }

@@ -6,7 +6,6 @@
 //! so a peer that stops reading cannot hold the task forever; meanwhile its update queue fills
 //! and the room drops it (close 1013).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,14 +20,11 @@ use tracing::Instrument;
 /// A server-side WebSocket over an upgraded HTTP connection.
 pub type WebSocket =
     tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
-use yrs::ClientID;
 
 use crate::auth::Access;
-use crate::error::ApplyError;
-use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
-use crate::protocol::{self, Inbound};
-use crate::room::{ConnectionId, Room, Subscription};
+use crate::peer::{Peer, Refusal, close_code};
+use crate::room::{ConnectionId, Subscription};
 use crate::rooms::RoomLease;
 
 /// Longest a single send may take before the peer is considered gone.
@@ -36,24 +32,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most queued frames written before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
-
-/// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
-mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
-
-/// An empty v1 update: a SyncStep2 carrying nothing, which read-only clients may send.
-const EMPTY_UPDATE: &[u8] = &[0, 0];
-
-/// Reason sent to a read-only client that tries to write.
-const READ_ONLY_REASON: &str = "read-only access: this change was not applied";
 
 /// Per-session settings taken from the server configuration and the client's token.
 #[derive(Debug, Clone)]
@@ -81,6 +59,12 @@ enum End {
     Gone,
 }
 
+impl From<Refusal> for End {
+    fn from(refusal: Refusal) -> End {
+        End::Close(refusal.code, refusal.reason)
+    }
+}
+
 /// Runs a session until the peer leaves, misbehaves or the server shuts down.
 pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
     let span = tracing::info_span!(
@@ -95,14 +79,16 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
         let (subscription, greeting) = room.subscribe(settings.connection);
         let mut session = Session {
             socket,
-            room,
+            peer: Peer::new(
+                room,
+                settings.access,
+                settings.max_updates_per_sec,
+                settings.metrics.clone(),
+            ),
             connection: settings.connection,
             left: false,
-            controlled: HashSet::new(),
             last_heard: Instant::now(),
             heard_anything: false,
-            updates: TokenBucket::new(settings.max_updates_per_sec),
-            access: settings.access,
             metrics: settings.metrics.clone(),
         };
         let end = session.serve(subscription, greeting, &settings).await;
@@ -129,19 +115,15 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
 
 struct Session {
     socket: WebSocket,
-    room: std::sync::Arc<Room>,
+    /// What the client's messages do to the room.
+    peer: Peer,
     connection: ConnectionId,
     /// Whether the session already left the room (see [`Session::leave`]).
     left: bool,
-    /// Awareness client IDs this connection set; removed from the room when it ends.
-    controlled: HashSet<ClientID>,
     /// When the peer last sent anything (a pong included).
     last_heard: Instant,
     /// Whether any message arrived yet (the first-message deadline stops then).
     heard_anything: bool,
-    /// Rate limit on document updates.
-    updates: TokenBucket,
-    access: Access,
     metrics: Arc<Metrics>,
 }
 
@@ -157,7 +139,9 @@ impl Session {
     /// Leaves the room: removes the member and the awareness states it controlled.
     fn leave(&mut self) {
         if !std::mem::replace(&mut self.left, true) {
-            self.room.unsubscribe(self.connection, &self.controlled);
+            self.peer
+                .room()
+                .unsubscribe(self.connection, self.peer.controlled());
         }
     }
 
@@ -249,68 +233,13 @@ impl Session {
         }
     }
 
-    /// Handles every message of one inbound frame, in order.
+    /// Handles one inbound frame and sends the replies.
     async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), End> {
-        for message in protocol::decode_frame(frame) {
-            let message = message.map_err(|error| {
-                tracing::warn!(%error, "malformed message");
-                End::Close(
-                    close_code::INVALID_PAYLOAD,
-                    format!("malformed message: {error}"),
-                )
-            })?;
-            match message {
-                Inbound::SyncStep1(state_vector) => {
-                    let reply = self.room.sync_step2(&state_vector);
-                    self.send(reply).await?;
-                }
-                Inbound::SyncStep2(update) | Inbound::Update(update) => {
-                    self.apply_update(update).await?;
-                }
-                Inbound::Awareness(payload) => {
-                    self.metrics.awareness_received.inc();
-                    self.room
-                        .apply_awareness(payload, &mut self.controlled)
-                        .map_err(|error| apply_error(&self.metrics, error))?;
-                }
-                Inbound::QueryAwareness => {
-                    if let Some(snapshot) = self.room.awareness_snapshot() {
-                        self.send(snapshot).await?;
-                    }
-                }
-                Inbound::Auth => {}
-            }
+        let replies = self.peer.handle_frame(frame).map_err(End::from)?;
+        for reply in replies {
+            self.send(reply).await?;
         }
-        Ok(())
-    }
-
-    /// Applies a client's update, unless the connection is read-only (then the client is told
-    /// with a permission-denied Auth message) or over its rate.
-    async fn apply_update(&mut self, update: &[u8]) -> Result<(), End> {
-        if self.access == Access::ReadOnly {
-            if update == EMPTY_UPDATE {
-                return Ok(());
-            }
-            self.metrics.reject("read_only");
-            return self
-                .send(protocol::encode_auth_denied(READ_ONLY_REASON))
-                .await;
-        }
-        if !self.updates.try_take() {
-            self.metrics.limit_hit("update_rate");
-            return Err(End::Close(
-                close_code::POLICY_VIOLATION,
-                "update rate limit exceeded".into(),
-            ));
-        }
-        self.metrics.updates_received.inc();
-        self.metrics
-            .update_bytes_received
-            .inc_by(update.len() as u64);
-        self.room
-            .apply_update(update)
-            .map_err(|error| apply_error(&self.metrics, error))?;
-        if self.room.members_behind() {
+        if self.peer.room().members_behind() {
             // Let the readers' sessions run before taking the next update.
             tokio::task::yield_now().await;
         }
@@ -346,7 +275,7 @@ impl Session {
     ) -> Result<(), End> {
         if subscription.signals.take_awareness_dropped() {
             while subscription.awareness.try_recv().is_ok() {}
-            match self.room.awareness_snapshot() {
+            match self.peer.room().awareness_snapshot() {
                 Some(snapshot) => self.send(snapshot).await,
                 None => self.send(frame).await,
             }
@@ -405,29 +334,6 @@ fn lagged() -> End {
         close_code::TRY_AGAIN_LATER,
         "fell behind the room; reconnect to resync".into(),
     )
-}
-
-fn apply_error(metrics: &Metrics, error: ApplyError) -> End {
-    match error {
-        ApplyError::InvalidUpdate(_) | ApplyError::InvalidAwareness(_) => {
-            tracing::warn!(%error, "rejected message");
-            metrics.reject("invalid_payload");
-            End::Close(close_code::INVALID_PAYLOAD, error.to_string())
-        }
-        ApplyError::DocumentTooLarge { .. } => {
-            tracing::warn!(%error, "rejected update");
-            metrics.limit_hit("document_size");
-            End::Close(
-                close_code::MESSAGE_TOO_BIG,
-                format!("{error}; the change was not applied, do not resend it"),
-            )
-        }
-        ApplyError::RoomDeleted => End::Close(close_code::NORMAL, "room deleted".into()),
-        ApplyError::Store(_) => {
-            tracing::error!(%error, "storage failed");
-            End::Close(close_code::INTERNAL_ERROR, "storage failed".into())
-        }
-    }
 }
 
 /// How long until `deadline`, or a very long time without one.

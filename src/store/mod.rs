@@ -10,7 +10,9 @@
 
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, encode_log_entry};
+
+use bytes::Bytes;
 
 use crate::error::StoreError;
 
@@ -19,7 +21,7 @@ use crate::error::StoreError;
 pub struct StoredDoc {
     /// The decompressed v1 snapshot, if the room was ever compacted.
     pub snapshot: Option<Vec<u8>>,
-    /// Log entries written after the snapshot, in sequence order.
+    /// The updates of the log entries written after the snapshot, in the order applied.
     pub log: Vec<Vec<u8>>,
     /// The sequence number the next appended update must use.
     pub next_seq: u64,
@@ -46,9 +48,10 @@ pub trait DocStore: Send + Sync + 'static {
     /// Reads a room's snapshot and log. A room never stored loads as empty.
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
 
-    /// Appends one update under sequence number `seq` (strictly increasing per room). Visible
-    /// to `load` at once; durable after the next flush.
-    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError>;
+    /// Appends one log entry holding `updates` (v1, in the order applied) under sequence
+    /// number `seq` (strictly increasing per room). Visible to `load` at once; durable after
+    /// the next flush.
+    fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError>;
 
     /// Replaces the room's snapshot with `snapshot` (a full v1 update that includes every log
     /// entry up to `through_seq`, last changed at `last_change_ms`) and removes those entries,

@@ -9,8 +9,12 @@
 //! ```text
 //! u16be(len(name)) name 0x00               -> snapshot: 0x01 u64be(through_seq)
 //!                                             u64be(last_change_ms) lz4(v1 update)
-//! u16be(len(name)) name 0x01 u64be(seq)    -> log entry: the raw v1 update
+//! u16be(len(name)) name 0x01 u64be(seq)    -> log entry: 0x01 then, per update in the
+//!                                             order applied, varUint(len) v1 update
 //! ```
+//!
+//! A log entry holds one or more updates, so that a room can write a burst of edits with one
+//! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room.rs`).
 //!
 //! The snapshot key sorts before the room's log keys, and log keys sort by sequence number, so
 //! loading a room is one prefix scan. `through_seq` is the last log sequence the snapshot
@@ -19,6 +23,11 @@
 //! The snapshot payload is compressed with `lz4_flex::compress_prepend_size`.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
 
 use super::{DocStore, RoomStats, StoredDoc};
 use crate::error::StoreError;
@@ -29,17 +38,26 @@ const READY_KEY: &[u8] = b"ycord:ready";
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_LOG: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
+const LOG_FORMAT: u8 = 1;
 /// Bytes of a snapshot value before the compressed payload: format byte, `through_seq` and
 /// `last_change_ms`.
 const SNAPSHOT_HEADER: usize = 17;
 /// lz4 expands at most about 255:1; a size prefix claiming more is corrupt.
 const MAX_LZ4_RATIO: usize = 256;
+/// Highest sequence number a sound store holds: 2^63 updates take 292,000 years at a million
+/// per second. A larger one is corrupt, and trusting it would run the room's numbering into
+/// `u64::MAX`, where new entries overwrite each other (fuzzer finding `snapshot-through-seq-max`).
+const MAX_SEQ: u64 = 1 << 63;
 
 /// sled-backed [`DocStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
     db: sled::Db,
     docs: sled::Tree,
+    /// Held while flushing. sled 0.34 can wait forever in a flush that runs concurrently with
+    /// another one (seen here: the shutdown's flush hung while the periodic flusher's last
+    /// flush was still running; upstream spacejam/sled#1308), so flushes take turns.
+    flushing: Arc<Mutex<()>>,
 }
 
 impl SledStore {
@@ -49,14 +67,22 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let docs = db.open_tree(TREE)?;
-        Ok(SledStore { db, docs })
+        Ok(SledStore {
+            db,
+            docs,
+            flushing: Arc::default(),
+        })
     }
 
     /// Opens a store that lives in a temporary directory removed on drop (benches, unit tests).
     pub fn temporary() -> Result<Self, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
         let docs = db.open_tree(TREE)?;
-        Ok(SledStore { db, docs })
+        Ok(SledStore {
+            db,
+            docs,
+            flushing: Arc::default(),
+        })
     }
 
     /// Writes a raw key and value into the `docs` tree, bypassing the layout: the fuzzer's
@@ -155,6 +181,34 @@ fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<
     value
 }
 
+/// A log entry's value: the format byte, then each update with its length.
+pub fn encode_log_entry(updates: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let size: usize = updates.iter().map(|update| update.as_ref().len() + 5).sum();
+    let mut value = Vec::with_capacity(1 + size);
+    value.push(LOG_FORMAT);
+    for update in updates {
+        value.write_buf(update.as_ref());
+    }
+    value
+}
+
+/// The updates of a log entry. Any framing error makes the whole entry corrupt: a truncated
+/// entry cannot say which of its updates are whole.
+fn decode_log_entry(key: &[u8], value: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let Some((&LOG_FORMAT, body)) = value.split_first() else {
+        return Err(corrupt(key, "log entry has an unknown format"));
+    };
+    let mut cursor = Cursor::new(body);
+    let mut updates = Vec::new();
+    while cursor.has_content() {
+        let update = cursor
+            .read_buf()
+            .map_err(|error| corrupt(key, format!("log entry is truncated: {error}")))?;
+        updates.push(update.to_vec());
+    }
+    Ok(updates)
+}
+
 /// The last-change time in a snapshot value's header, without decompressing it.
 fn snapshot_last_change(value: &[u8]) -> Option<u64> {
     (value.len() >= SNAPSHOT_HEADER && value[0] == SNAPSHOT_FORMAT).then(|| read_u64(&value[9..17]))
@@ -173,8 +227,17 @@ impl DocStore for SledStore {
         if let Some(value) = self.docs.get(snapshot_key(room))? {
             match decode_snapshot(&snapshot_key(room), &value) {
                 Ok(snapshot) => {
-                    through_seq = Some(snapshot.through_seq);
-                    doc.next_seq = snapshot.through_seq.saturating_add(1);
+                    // Applying log entries that the snapshot already covers is harmless (updates
+                    // are idempotent): an implausible `through_seq` is reported and ignored.
+                    if snapshot.through_seq > MAX_SEQ {
+                        doc.corrupt.push(corrupt(
+                            &snapshot_key(room),
+                            format!("snapshot claims {} updates", snapshot.through_seq),
+                        ));
+                    } else {
+                        through_seq = Some(snapshot.through_seq);
+                        doc.next_seq = snapshot.through_seq + 1;
+                    }
                     doc.last_change_ms = Some(snapshot.last_change_ms);
                     doc.snapshot = Some(snapshot.update);
                 }
@@ -184,9 +247,9 @@ impl DocStore for SledStore {
         let prefix = log_prefix(room);
         for entry in self.docs.scan_prefix(&prefix) {
             let (key, value) = entry?;
-            let Some(seq) = log_seq(&key, prefix.len()) else {
+            let Some(seq) = log_seq(&key, prefix.len()).filter(|seq| *seq <= MAX_SEQ) else {
                 doc.corrupt
-                    .push(corrupt(&key, "log key has no sequence number"));
+                    .push(corrupt(&key, "log key has no valid sequence number"));
                 continue;
             };
             // Entries a snapshot already covers can outlive a compaction only if a crash hit
@@ -195,14 +258,18 @@ impl DocStore for SledStore {
             if through_seq.is_some_and(|through| seq <= through) {
                 continue;
             }
-            doc.next_seq = doc.next_seq.max(seq.saturating_add(1));
-            doc.log.push(value.to_vec());
+            doc.next_seq = doc.next_seq.max(seq + 1);
+            match decode_log_entry(&key, &value) {
+                Ok(updates) => doc.log.extend(updates),
+                Err(error) => doc.corrupt.push(error),
+            }
         }
         Ok(doc)
     }
 
-    fn append(&self, room: &str, seq: u64, update: &[u8]) -> Result<(), StoreError> {
-        self.docs.insert(log_key(room, seq), update)?;
+    fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+        self.docs
+            .insert(log_key(room, seq), encode_log_entry(updates))?;
         Ok(())
     }
 
@@ -246,6 +313,7 @@ impl DocStore for SledStore {
     }
 
     fn flush(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(self.db.flush()?)
     }
 
@@ -303,11 +371,16 @@ mod tests {
     #[test]
     fn rooms_whose_names_share_a_prefix_stay_apart() {
         let store = SledStore::temporary().unwrap();
-        store.append("a", 0, b"one").unwrap();
-        store.append("ab", 0, b"two").unwrap();
-        store.append("a", 1, b"three").unwrap();
+        store.append("a", 0, &[Bytes::from("one")]).unwrap();
+        store.append("ab", 0, &[Bytes::from("two")]).unwrap();
+        store
+            .append("a", 1, &[Bytes::from("three"), Bytes::from("four")])
+            .unwrap();
         let a = store.load("a").unwrap();
-        assert_eq!(a.log, vec![b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            a.log,
+            vec![b"one".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
         assert_eq!(a.next_seq, 2);
         assert_eq!(store.load("ab").unwrap().log, vec![b"two".to_vec()]);
         assert_eq!(
@@ -323,7 +396,9 @@ mod tests {
     fn compaction_replaces_covered_log_entries() {
         let store = SledStore::temporary().unwrap();
         for seq in 0..5 {
-            store.append("room", seq, &[seq as u8]).unwrap();
+            store
+                .append("room", seq, &[Bytes::from(vec![seq as u8])])
+                .unwrap();
         }
         store.compact("room", b"snapshot", 2, 1234).unwrap();
         let doc = store.load("room").unwrap();
@@ -339,7 +414,7 @@ mod tests {
     #[test]
     fn a_corrupt_snapshot_is_reported_and_the_log_still_loads() {
         let store = SledStore::temporary().unwrap();
-        store.append("room", 0, b"update").unwrap();
+        store.append("room", 0, &[Bytes::from("update")]).unwrap();
         store
             .docs
             .insert(snapshot_key("room"), &b"\x01garbage"[..])
@@ -347,5 +422,23 @@ mod tests {
         let doc = store.load("room").unwrap();
         assert_eq!(doc.corrupt.len(), 1);
         assert_eq!(doc.log, vec![b"update".to_vec()]);
+    }
+
+    #[test]
+    fn a_log_entry_that_does_not_frame_is_corrupt_and_the_rest_loads() {
+        let store = SledStore::temporary().unwrap();
+        store.append("room", 0, &[Bytes::from("first")]).unwrap();
+        let mut truncated = encode_log_entry(&[b"second".as_slice()]);
+        truncated.pop();
+        store.docs.insert(log_key("room", 1), truncated).unwrap();
+        store
+            .docs
+            .insert(log_key("room", 2), &b"\x09unknown"[..])
+            .unwrap();
+        store.append("room", 3, &[Bytes::from("fourth")]).unwrap();
+        let doc = store.load("room").unwrap();
+        assert_eq!(doc.log, vec![b"first".to_vec(), b"fourth".to_vec()]);
+        assert_eq!(doc.corrupt.len(), 2, "{:?}", doc.corrupt);
+        assert_eq!(doc.next_seq, 4);
     }
 }
