@@ -1,9 +1,11 @@
-//! A y-websocket client over a real WebSocket, keeping a yrs document in sync with one room.
+//! A client over a real WebSocket, keeping a yrs document in sync with one room.
 //!
-//! It behaves like the stock `WebsocketProvider`: on open it sends SyncStep1 (its state
-//! vector), answers the server's SyncStep1 with SyncStep2 (what the server lacks, so edits made
-//! while disconnected are pushed on rejoin), and applies every SyncStep2 and Update it gets.
-//! Nothing here unwraps network input: a malformed frame becomes a [`Disconnect`].
+//! It behaves like the stock `WebsocketProvider` (or `HocuspocusProvider`): on open it sends
+//! SyncStep1 (its state vector), answers the server's SyncStep1 with SyncStep2 (what the
+//! server lacks, so edits made while disconnected are pushed on rejoin), and applies every
+//! SyncStep2 and Update it gets. How those messages are framed is the [`Endpoint`]'s business
+//! (see [`crate::wire`]). Nothing here unwraps network input: a malformed frame becomes a
+//! [`Disconnect`].
 
 use std::fmt;
 use std::time::Duration;
@@ -15,12 +17,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use ycord::protocol::{self, Inbound};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::error::BenchError;
+use crate::wire::{Endpoint, Event};
 
 /// A client WebSocket.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -67,7 +69,7 @@ pub struct Disconnect {
     /// The close code the server sent, if it sent a close frame.
     pub code: Option<u16>,
     pub reason: String,
-    /// The server sent something that is not valid y-websocket or not a valid update.
+    /// The server sent something that is not valid for the protocol or not a valid update.
     pub protocol_error: bool,
 }
 
@@ -100,6 +102,16 @@ impl Disconnect {
             code: None,
             reason,
             protocol_error: true,
+        }
+    }
+
+    /// Hocuspocus ended the document's session with a CLOSE message; like the provider, this
+    /// counts as a 1000 close.
+    fn session_closed(reason: String) -> Self {
+        Disconnect {
+            code: Some(1000),
+            reason: format!("CLOSE message: {reason}"),
+            protocol_error: false,
         }
     }
 
@@ -138,23 +150,40 @@ struct FrameEvents {
     server_step1: Option<StateVector>,
     step2: bool,
     updates: usize,
+    /// Hocuspocus refused the document (PermissionDenied), with its reason.
+    denied: Option<String>,
+    /// Hocuspocus ended the document's session (CLOSE), with its reason.
+    closed: Option<String>,
+}
+
+impl FrameEvents {
+    /// Whether the frame held anything a client acts on.
+    fn is_empty(&self) -> bool {
+        self.server_step1.is_none()
+            && !self.step2
+            && self.updates == 0
+            && self.denied.is_none()
+            && self.closed.is_none()
+    }
 }
 
 /// Decodes every message of a frame and applies its updates to `doc`.
-fn apply_frame(doc: &Doc, frame: &[u8]) -> Result<FrameEvents, String> {
+fn apply_frame(endpoint: &Endpoint, doc: &Doc, frame: &[u8]) -> Result<FrameEvents, String> {
     let mut events = FrameEvents::default();
-    for message in protocol::decode_frame(frame) {
-        match message.map_err(|error| format!("malformed frame: {error}"))? {
-            Inbound::SyncStep1(state_vector) => events.server_step1 = Some(state_vector),
-            Inbound::SyncStep2(update) => {
+    for event in endpoint.decode(frame)? {
+        match event {
+            Event::SyncStep1(state_vector) => events.server_step1 = Some(state_vector),
+            Event::SyncStep2(update) => {
                 apply_update(doc, update)?;
                 events.step2 = true;
             }
-            Inbound::Update(update) => {
+            Event::Update(update) => {
                 apply_update(doc, update)?;
                 events.updates += 1;
             }
-            Inbound::Awareness(_) | Inbound::QueryAwareness | Inbound::Auth => {}
+            Event::Denied(reason) => events.denied = Some(reason),
+            Event::Closed(reason) => events.closed = Some(reason),
+            Event::Authenticated | Event::Other => {}
         }
     }
     Ok(events)
@@ -193,23 +222,27 @@ pub async fn connect(url: &str, options: &ClientOptions) -> Result<Socket, Bench
 pub struct Connection {
     socket: Socket,
     doc: Doc,
-    url: String,
+    endpoint: Endpoint,
+    /// When this client last sent anything (for the keepalive some protocols need).
+    last_sent: Instant,
 }
 
 impl Connection {
-    /// Connects to `url` and syncs `doc` with the room: sends SyncStep1, answers the server's
-    /// SyncStep1, and returns once the server's SyncStep2 is applied.
+    /// Connects to the room and syncs `doc` with it: sends SyncStep1 (after authenticating,
+    /// where the protocol wants it), answers the server's SyncStep1, and returns once the
+    /// server's SyncStep2 is applied.
     pub async fn join(
-        url: &str,
+        endpoint: &Endpoint,
         doc: Doc,
         options: &ClientOptions,
     ) -> Result<(Connection, JoinTiming), BenchError> {
-        let socket = connect(url, options).await?;
+        let socket = connect(endpoint.url(), options).await?;
         let connected = Instant::now();
         let mut connection = Connection {
             socket,
             doc,
-            url: url.to_owned(),
+            endpoint: endpoint.clone(),
+            last_sent: connected,
         };
         let timing = connection.handshake(connected, options).await?;
         Ok((connection, timing))
@@ -220,15 +253,19 @@ impl Connection {
         connected: Instant,
         options: &ClientOptions,
     ) -> Result<JoinTiming, BenchError> {
-        let url = self.url.clone();
+        let url = self.endpoint.to_string();
+        let protocol = self.endpoint.protocol();
         let not_y_websocket = |reason: String| BenchError::NotYWebsocket {
             url: url.clone(),
+            protocol,
             reason,
         };
         let state_vector = self.doc.transact().state_vector().encode_v1();
-        self.send(protocol::encode_sync_step1(&state_vector))
-            .await
-            .map_err(|error| not_y_websocket(format!("sending SyncStep1 failed: {error}")))?;
+        for message in self.endpoint.opening(&state_vector) {
+            self.send(message).await.map_err(|error| {
+                not_y_websocket(format!("sending the opening messages failed: {error}"))
+            })?;
+        }
         let mut step1 = None;
         let step1_deadline = connected + options.connect_timeout;
         loop {
@@ -267,11 +304,20 @@ impl Connection {
                 _ => continue,
             };
             let received = Instant::now();
-            let events = match apply_frame(&self.doc, &frame) {
+            let events = match apply_frame(&self.endpoint, &self.doc, &frame) {
                 Ok(events) => events,
                 Err(reason) if step1.is_none() => return Err(not_y_websocket(reason)),
                 Err(reason) => return Err(self.failed(reason)),
             };
+            if let Some(reason) = events.denied {
+                return Err(self.failed(format!("permission denied: {reason}")));
+            }
+            if let Some(reason) = events.closed {
+                return Err(self.failed(format!(
+                    "during the sync handshake: {}",
+                    Disconnect::session_closed(reason)
+                )));
+            }
             if let Some(server_state) = events.server_step1 {
                 step1.get_or_insert(received);
                 self.answer_step1(&server_state)
@@ -292,19 +338,20 @@ impl Connection {
 
     fn failed(&self, reason: String) -> BenchError {
         BenchError::Connection {
-            url: self.url.clone(),
+            url: self.endpoint.to_string(),
             reason,
         }
     }
 
     async fn answer_step1(&mut self, server_state: &StateVector) -> Result<(), Disconnect> {
         let diff = self.doc.transact().encode_state_as_update_v1(server_state);
-        self.send(protocol::encode_sync_step2(&diff)).await
+        let message = self.endpoint.sync_step2(&diff);
+        self.send(message).await
     }
 
-    /// The room's URL.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The room.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The document this connection keeps in sync.
@@ -312,8 +359,9 @@ impl Connection {
         &self.doc
     }
 
-    /// Sends one y-websocket message (one binary frame) and flushes it.
+    /// Sends one message (one binary frame) and flushes it.
     pub async fn send(&mut self, message: bytes::Bytes) -> Result<(), Disconnect> {
+        self.last_sent = Instant::now();
         self.socket
             .send(Message::binary(message))
             .await
@@ -322,25 +370,52 @@ impl Connection {
 
     /// Sends a v1 update as an Update message.
     pub async fn send_update(&mut self, update: &[u8]) -> Result<(), Disconnect> {
-        self.send(protocol::encode_update(update)).await
+        let message = self.endpoint.update(update);
+        self.send(message).await
     }
 
-    /// Waits for the next binary frame, applies it, and answers a SyncStep1 in it. Returns
-    /// whether the document changed (a SyncStep2 or an Update arrived).
+    /// Waits for the next binary frame that holds a sync message, applies it, and answers a
+    /// SyncStep1 in it; frames that hold nothing for the document (awareness,
+    /// acknowledgements) are skipped. Returns whether the document changed (a SyncStep2 or an
+    /// Update arrived). Sends the protocol's keepalive when this client has been silent for
+    /// its interval.
     /// Cancel-safe as far as frames go: a frame is applied before anything is awaited (only
     /// the answer to a mid-session SyncStep1, which servers send on join, could be lost).
     pub async fn recv(&mut self) -> Result<bool, Disconnect> {
+        let keepalive = self.endpoint.keepalive();
         loop {
-            let message = match self.socket.next().await {
+            let next = match &keepalive {
+                None => self.socket.next().await,
+                Some((interval, message)) => {
+                    tokio::select! {
+                        next = self.socket.next() => next,
+                        _ = tokio::time::sleep_until(self.last_sent + *interval) => {
+                            self.send(message.clone()).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let message = match next {
                 None => return Err(Disconnect::eof()),
                 Some(Err(error)) => return Err(Disconnect::socket(error)),
                 Some(Ok(message)) => message,
             };
             match message {
                 Message::Binary(frame) => {
-                    let events = apply_frame(&self.doc, &frame).map_err(Disconnect::protocol)?;
-                    if let Some(server_state) = events.server_step1 {
-                        self.answer_step1(&server_state).await?;
+                    let events = apply_frame(&self.endpoint, &self.doc, &frame)
+                        .map_err(Disconnect::protocol)?;
+                    if let Some(server_state) = &events.server_step1 {
+                        self.answer_step1(server_state).await?;
+                    }
+                    if let Some(reason) = events.denied {
+                        return Err(Disconnect::protocol(format!("permission denied: {reason}")));
+                    }
+                    if let Some(reason) = events.closed {
+                        return Err(Disconnect::session_closed(reason));
+                    }
+                    if events.is_empty() || events.server_step1.is_some() && !events.step2 {
+                        continue;
                     }
                     return Ok(events.step2 || events.updates > 0);
                 }
@@ -357,9 +432,20 @@ impl Connection {
     }
 
     /// Gives up the document (to free its memory) and keeps only the socket.
-    pub fn into_socket(self) -> Socket {
-        self.socket
+    pub fn into_held(self) -> Held {
+        Held {
+            socket: self.socket,
+            endpoint: self.endpoint,
+            last_sent: self.last_sent,
+        }
     }
+}
+
+/// A joined room's socket without its document: to be held open, or written to directly.
+pub struct Held {
+    pub socket: Socket,
+    pub endpoint: Endpoint,
+    last_sent: Instant,
 }
 
 /// Closes with 1000 and waits (at most 2 s) for the server's close frame.
@@ -377,14 +463,14 @@ pub async fn close_socket(mut socket: Socket) {
 /// lacks), with y-websocket's backoff (100 ms doubling, capped at 2.5 s). Gives up at
 /// `deadline`.
 pub async fn rejoin(
-    url: &str,
+    endpoint: &Endpoint,
     doc: &Doc,
     options: &ClientOptions,
     deadline: Instant,
 ) -> Result<Connection, BenchError> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let last_error = match Connection::join(url, doc.clone(), options).await {
+        let last_error = match Connection::join(endpoint, doc.clone(), options).await {
             Ok((connection, _)) => return Ok(connection),
             Err(error) => error,
         };
@@ -397,22 +483,41 @@ pub async fn rejoin(
 }
 
 /// Keeps a connection open, reading (so that pings are answered) and discarding what
-/// arrives, until `stop` fires (then closes cleanly and returns `None`) or the server ends it
-/// (returns why).
-pub async fn hold(
-    mut socket: Socket,
-    stop: tokio_util::sync::CancellationToken,
-) -> Option<Disconnect> {
+/// arrives, and sending the protocol's keepalive, until `stop` fires (then closes cleanly and
+/// returns `None`) or the server ends it (returns why).
+pub async fn hold(held: Held, stop: tokio_util::sync::CancellationToken) -> Option<Disconnect> {
+    let Held {
+        mut socket,
+        endpoint,
+        mut last_sent,
+    } = held;
+    let keepalive = endpoint.keepalive();
     loop {
+        let keepalive_due = keepalive
+            .as_ref()
+            .map(|(interval, _)| last_sent + *interval);
         tokio::select! {
             _ = stop.cancelled() => {
                 close_socket(socket).await;
                 return None;
             }
+            _ = tokio::time::sleep_until(keepalive_due.unwrap_or(last_sent)), if keepalive_due.is_some() => {
+                if let Some((_, message)) = &keepalive {
+                    last_sent = Instant::now();
+                    if let Err(error) = socket.send(Message::binary(message.clone())).await {
+                        return Some(Disconnect::socket(error));
+                    }
+                }
+            }
             message = socket.next() => match message {
                 None => return Some(Disconnect::eof()),
                 Some(Err(error)) => return Some(Disconnect::socket(error)),
                 Some(Ok(Message::Close(frame))) => return Some(Disconnect::closed(frame)),
+                Some(Ok(Message::Binary(frame))) => {
+                    if let Some(reason) = endpoint.session_end(&frame) {
+                        return Some(Disconnect::session_closed(reason));
+                    }
+                }
                 Some(Ok(_)) => {}
             },
         }

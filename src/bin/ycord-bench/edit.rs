@@ -28,6 +28,7 @@ use crate::progress::{Progress, note};
 use crate::random::Rng;
 use crate::report::{Report, ServerCpu, kinds};
 use crate::target::{Target, TargetArgs, parse_secs};
+use crate::wire::Endpoint;
 
 /// Most edits one run may plan (send instants are preallocated).
 const MAX_PLANNED_EDITS: f64 = 50_000_000.0;
@@ -66,7 +67,7 @@ pub struct EditArgs {
 
 /// What every client of a room shares: who is who, and when each edit was sent.
 struct RoomPlan {
-    url: String,
+    endpoint: Endpoint,
     ids: Vec<ClientID>,
     /// Per client, per clock: nanoseconds since the run's epoch + 1 (0 = not sent).
     sent_at: Vec<Box<[AtomicU64]>>,
@@ -122,7 +123,7 @@ pub async fn run(args: &EditArgs) -> Result<EditReport, BenchError> {
     let plans: Vec<Arc<RoomPlan>> = (0..args.rooms)
         .map(|room| {
             Arc::new(RoomPlan {
-                url: target.room_url(room),
+                endpoint: target.endpoint(room),
                 ids: (0..args.clients)
                     .map(|_| ClientID::new(rng.client_id()))
                     .collect(),
@@ -143,7 +144,7 @@ pub async fn run(args: &EditArgs) -> Result<EditReport, BenchError> {
             let plan = plan.clone();
             async move {
                 let doc = Doc::with_client_id(plan.ids[me].get());
-                Connection::join(&plan.url, doc, &options)
+                Connection::join(&plan.endpoint, doc, &options)
                     .await
                     .map(|(connection, _)| (plan, me, connection))
             }
@@ -332,7 +333,14 @@ impl ClientTask {
                 outcome.disconnects.push(disconnect);
                 // Like y-websocket: reconnect and resync; edits made meanwhile are pushed by
                 // the SyncStep2 answering the server's SyncStep1.
-                match rejoin(&self.plan.url, &doc, &self.options, self.schedule.give_up).await {
+                match rejoin(
+                    &self.plan.endpoint,
+                    &doc,
+                    &self.options,
+                    self.schedule.give_up,
+                )
+                .await
+                {
                     Ok(rejoined) => {
                         connection = rejoined;
                         self.account(&doc, &mut covered, &mut outcome);

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
+use crate::wire::Protocol;
+
 /// A run that could not be carried out (as opposed to one that ran and failed a check, which
 /// is reported with its figures).
 #[derive(Debug, Error)]
@@ -11,9 +13,13 @@ pub enum BenchError {
     /// Nothing answered at the URL: connection refused, no WebSocket upgrade, or a timeout.
     #[error("cannot reach the server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    /// Something answered the WebSocket handshake but did not speak y-websocket.
-    #[error("the server at {url} does not speak y-websocket: {reason}")]
-    NotYWebsocket { url: String, reason: String },
+    /// Something answered the WebSocket handshake but did not speak the protocol.
+    #[error("the server at {url} does not speak {protocol}: {reason}")]
+    NotYWebsocket {
+        url: String,
+        protocol: Protocol,
+        reason: String,
+    },
     /// A connection failed or misbehaved after the target was known to be reachable.
     #[error("connection to {url} failed: {reason}")]
     Connection { url: String, reason: String },

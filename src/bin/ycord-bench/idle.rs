@@ -272,7 +272,7 @@ async fn open_one(
 ) -> Result<Opened, BenchError> {
     let started = Instant::now();
     let (mut connection, _) =
-        Connection::join(&target.room_url(room), Doc::new(), &target.client).await?;
+        Connection::join(&target.endpoint(room), Doc::new(), &target.client).await?;
     let join = started.elapsed();
     let mut echoed = true;
     if edit {
@@ -287,7 +287,7 @@ async fn open_one(
             .send_update(&update)
             .await
             .map_err(|error| BenchError::Connection {
-                url: connection.url().to_owned(),
+                url: connection.endpoint().to_string(),
                 reason: error.to_string(),
             })?;
         // The server echoes an applied update to its sender; wait for it so that the room is
@@ -301,7 +301,7 @@ async fn open_one(
     let stop = stop.clone();
     let counters = counters.clone();
     let holder = tokio::spawn(async move {
-        let ended = hold(connection.into_socket(), stop).await;
+        let ended = hold(connection.into_held(), stop).await;
         counters.open.fetch_sub(1, Ordering::Relaxed);
         if ended.is_some() {
             counters.closed_by_server.fetch_add(1, Ordering::Relaxed);

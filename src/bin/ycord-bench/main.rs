@@ -1,10 +1,11 @@
 //! `ycord-bench`: the load tool. Drives any y-websocket server (ycord, the reference
-//! `@y/websocket-server`, ...) with real yrs clients over real WebSockets and reports
-//! throughput, latency, delivery, and the server's CPU and memory.
+//! `@y/websocket-server`, ...) or a Hocuspocus server with real yrs clients over real
+//! WebSockets and reports throughput, latency, delivery, and the server's CPU and memory.
 //!
 //! One module per concept: [`target`] (URL, rooms, timeouts, the server process), [`client`]
-//! (a y-websocket client), [`latency`], [`procfs`], [`progress`], [`report`], [`random`],
-//! [`error`], and one module per subcommand ([`edit`], [`replay`], [`idle`], [`storm`]).
+//! (a client keeping a document in sync), [`wire`] (y-websocket or Hocuspocus framing),
+//! [`latency`], [`procfs`], [`progress`], [`report`], [`random`], [`error`], and one module per
+//! subcommand ([`edit`], [`replay`], [`idle`], [`storm`]).
 
 mod client;
 mod edit;
@@ -18,17 +19,22 @@ mod replay;
 mod report;
 mod storm;
 mod target;
+mod wire;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Load tool for y-websocket servers (ycord, @y/websocket-server, any compatible server).
+/// Load tool for y-websocket servers (ycord, @y/websocket-server, any compatible server) and
+/// Hocuspocus servers (--protocol hocuspocus).
 ///
 /// Every client is a yrs document synced over a real WebSocket, speaking the y-websocket
 /// protocol like the stock WebsocketProvider (SyncStep1 on open, SyncStep2 in answer to the
 /// server's, Update messages; reconnect and resync when the server closes it). A room is the
-/// base URL + "/" + room name; each run uses fresh rooms named "<room-prefix>-<n>".
+/// base URL + "/" + room name; each run uses fresh rooms named "<room-prefix>-<n>". With
+/// --protocol hocuspocus, each client opens its own socket to the base URL, prefixes every
+/// message with the room (document) name, and authenticates with an empty token before
+/// syncing, like the stock HocuspocusProvider.
 #[derive(Debug, Parser)]
 #[command(
     name = "ycord-bench",
@@ -36,7 +42,7 @@ use clap::{Parser, Subcommand};
     after_help = "Results: a human summary on stdout, or one JSON object with --json; progress lines on stderr \
 about once a second (--quiet to silence).\n\
 Exit codes: 0 every check passed; 1 a check failed (results still printed) or the run broke off; \
-2 bad arguments; 3 the target is unreachable or does not speak y-websocket (the message names the URL).\n\
+2 bad arguments; 3 the target is unreachable or does not speak the protocol (the message names the URL).\n\
 Figures from the same machine as the server include the load tool's own CPU use (reported as load tool CPU).\n\n\
 Example: ycord --listen 127.0.0.1:8080 & ycord-bench edit --url ws://127.0.0.1:8080 --server-pid $!"
 )]
@@ -113,20 +119,20 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Edit(args) => finish("edit", edit::run(&args).await, args.target.json),
-        Command::Replay(args) => finish("replay", replay::run(&args).await, args.target.json),
-        Command::Idle(args) => finish("idle", idle::run(&args).await, args.target.json),
-        Command::Storm(args) => finish("storm", storm::run(&args).await, args.target.json),
+        Command::Edit(args) => finish("edit", edit::run(&args).await, &args.target),
+        Command::Replay(args) => finish("replay", replay::run(&args).await, &args.target),
+        Command::Idle(args) => finish("idle", idle::run(&args).await, &args.target),
+        Command::Storm(args) => finish("storm", storm::run(&args).await, &args.target),
     }
 }
 
 fn finish<R: report::Report>(
     command: &str,
     result: Result<R, error::BenchError>,
-    json: bool,
+    target: &target::TargetArgs,
 ) -> ExitCode {
     match result {
-        Ok(report) => report::emit(command, &report, json),
-        Err(error) => report::emit_error(command, &error, json),
+        Ok(report) => report::emit(command, target.protocol, &report, target.json),
+        Err(error) => report::emit_error(command, &error, target.json),
     }
 }

@@ -19,7 +19,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use ycord::protocol;
 use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
@@ -154,11 +153,11 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
     let replay = Arc::new(replay);
     let update_bytes: usize = replay.updates.iter().map(Vec::len).sum();
     target.probe().await?;
-    let url = target.room_url("replay");
+    let endpoint = target.endpoint("replay");
     note(
         target.quiet,
         format_args!(
-            "replay: {} updates ({} bytes) into {url} with {} readers",
+            "replay: {} updates ({} bytes) into {endpoint} with {} readers",
             replay.updates.len(),
             update_bytes,
             args.readers
@@ -167,10 +166,10 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
 
     let mut readers = Vec::new();
     for _ in 0..args.readers {
-        let (connection, _) = Connection::join(&url, Doc::new(), &target.client).await?;
+        let (connection, _) = Connection::join(&endpoint, Doc::new(), &target.client).await?;
         readers.push(connection);
     }
-    let (writer, _) = Connection::join(&url, Doc::new(), &target.client).await?;
+    let (writer, _) = Connection::join(&endpoint, Doc::new(), &target.client).await?;
 
     let sent = Arc::new(AtomicU64::new(0));
     let reader_progress: Arc<Vec<AtomicU64>> =
@@ -259,7 +258,7 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         _ => None,
     };
     Ok(ReplayReport {
-        url,
+        url: endpoint.to_string(),
         trace: path.display().to_string(),
         updates,
         update_bytes: update_bytes as u64,
@@ -319,7 +318,9 @@ async fn write_all(
     sent: &AtomicU64,
     give_up: Instant,
 ) -> WriterOutcome {
-    let (mut sink, mut stream) = writer.into_socket().split();
+    let held = writer.into_held();
+    let endpoint = held.endpoint;
+    let (mut sink, mut stream) = held.socket.split();
     let echo_frames = Arc::new(AtomicU64::new(0));
     let drain = {
         let echo_frames = echo_frames.clone();
@@ -351,7 +352,7 @@ async fn write_all(
     };
     let sending = async {
         for (index, update) in updates.iter().enumerate() {
-            sink.feed(Message::binary(protocol::encode_update(update)))
+            sink.feed(Message::binary(endpoint.update(update)))
                 .await
                 .map_err(|error| format!("after {index} updates: {error}"))?;
             sent.store(index as u64 + 1, Ordering::Relaxed);
@@ -429,7 +430,8 @@ impl Reader {
             frames += 1;
             if let Err(disconnect) = received {
                 outcome.disconnects.push(disconnect);
-                match rejoin(connection.url(), &doc, &self.options, self.give_up).await {
+                let endpoint = connection.endpoint().clone();
+                match rejoin(&endpoint, &doc, &self.options, self.give_up).await {
                     Ok(rejoined) => connection = rejoined,
                     Err(error) => {
                         outcome.rejoin_failure = Some(error.to_string());
@@ -464,7 +466,8 @@ pub struct ReplayReport {
     /// From the first update until the writer's last one was flushed to the socket.
     pub writer_send_s: f64,
     pub writer_error: Option<String>,
-    /// Frames the server sent back to the writer (its echoes) by the end.
+    /// Frames the server sent back to the writer by the end (its echoes; with Hocuspocus also
+    /// one SyncStatus acknowledgement per update).
     pub writer_echo_frames: u64,
     /// From the writer's first update until the last reader had everything.
     pub complete_s: Option<f64>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::BenchError;
+use crate::wire::Protocol;
 
 /// The results of one subcommand.
 pub trait Report: Serialize {
@@ -17,11 +18,12 @@ pub trait Report: Serialize {
 }
 
 /// Prints the report and returns the process's exit code.
-pub fn emit<R: Report>(command: &str, report: &R, json: bool) -> ExitCode {
+pub fn emit<R: Report>(command: &str, protocol: Protocol, report: &R, json: bool) -> ExitCode {
     let failures = report.failures();
     if json {
         let mut object = serde_json::Map::new();
         object.insert("command".into(), command.into());
+        object.insert("protocol".into(), protocol.name().into());
         object.insert("ok".into(), failures.is_empty().into());
         object.insert("failures".into(), failures.clone().into());
         match serde_json::to_value(report) {
@@ -35,6 +37,9 @@ pub fn emit<R: Report>(command: &str, report: &R, json: bool) -> ExitCode {
         }
         println!("{}", serde_json::Value::Object(object));
     } else {
+        if protocol != Protocol::YWebsocket {
+            println!("protocol: {protocol}");
+        }
         print!("{}", report.human());
         if failures.is_empty() {
             println!("result: OK");

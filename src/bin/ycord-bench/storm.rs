@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
-use crate::client::{Connection, Disconnect, hold};
+use crate::client::{Connection, Disconnect, Held, hold};
 use crate::error::BenchError;
 use crate::latency::{Latencies, LatencySummary};
 use crate::progress::{Progress, note};
 use crate::replay::covers;
 use crate::report::{Report, ServerCpu};
 use crate::target::{Target, TargetArgs, parse_secs};
+use crate::wire::Endpoint;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Example (the issue's figures):\n  \
@@ -100,10 +101,11 @@ pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
         .map_err(|error| BenchError::Setup(format!("loading the trace failed: {error}")))??;
     let document = Arc::new(document);
     target.probe().await?;
-    let url = target.room_url("storm");
+    let endpoint = target.endpoint("storm");
+    let url = endpoint.to_string();
 
     // Load the room: one Update holding the whole document; wait for the echo.
-    let (mut writer, _) = Connection::join(&url, Doc::new(), &target.client).await?;
+    let (mut writer, _) = Connection::join(&endpoint, Doc::new(), &target.client).await?;
     let load_start = Instant::now();
     writer
         .send_update(&document.update)
@@ -128,11 +130,11 @@ pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
     }
     let loaded = load_start.elapsed();
     let stop = CancellationToken::new();
-    let writer_hold = tokio::spawn(hold(writer.into_socket(), stop.clone()));
+    let writer_hold = tokio::spawn(hold(writer.into_held(), stop.clone()));
 
     // The single-joiner baseline, which also proves the server holds the document.
     let baseline_start = Instant::now();
-    let (check, _) = Connection::join(&url, Doc::new(), &target.client).await?;
+    let (check, _) = Connection::join(&endpoint, Doc::new(), &target.client).await?;
     let baseline = baseline_start.elapsed();
     let check_text = text_of(check.doc());
     check.close().await;
@@ -166,7 +168,7 @@ pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
     let tasks: Vec<_> = (0..args.joiners)
         .map(|_| {
             let mut released = released.clone();
-            let url = url.clone();
+            let endpoint = endpoint.clone();
             let options = target.client;
             let document = document.clone();
             let stop = stop.clone();
@@ -182,7 +184,8 @@ pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
                 let Some(start) = start else {
                     return outcome;
                 };
-                let socket = join_and_check(&url, &options, &document, start, &mut outcome).await;
+                let socket =
+                    join_and_check(&endpoint, &options, &document, start, &mut outcome).await;
                 if outcome.synced.is_some() {
                     synced_count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -309,13 +312,13 @@ fn text_of(doc: &Doc) -> String {
 /// Joins, records the timings, checks the text; returns the socket to hold (the document is
 /// dropped: two hundred copies of a big document are not what is measured).
 async fn join_and_check(
-    url: &str,
+    endpoint: &Endpoint,
     options: &crate::client::ClientOptions,
     document: &Document,
     start: Instant,
     outcome: &mut JoinerOutcome,
-) -> Option<crate::client::Socket> {
-    let (connection, timing) = match Connection::join(url, Doc::new(), options).await {
+) -> Option<Held> {
+    let (connection, timing) = match Connection::join(endpoint, Doc::new(), options).await {
         Ok(joined) => joined,
         Err(error) => {
             outcome.error = Some(error.to_string());
@@ -335,7 +338,7 @@ async fn join_and_check(
             document.text.len()
         ));
     }
-    Some(connection.into_socket())
+    Some(connection.into_held())
 }
 
 #[derive(Debug, Serialize)]

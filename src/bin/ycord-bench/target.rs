@@ -11,14 +11,21 @@ use crate::client::{ClientOptions, Connection};
 use crate::error::BenchError;
 use crate::procfs::ServerProcess;
 use crate::random::Rng;
+use crate::wire::{Endpoint, Protocol};
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Base WebSocket URL of any y-websocket server; a room lives at URL + "/" + room name
-    /// (e.g. ws://127.0.0.1:8080 or ws://host/yjs).
+    /// Base WebSocket URL of the server. y-websocket: a room lives at URL + "/" + room name
+    /// (e.g. ws://127.0.0.1:8080 or ws://host/yjs); hocuspocus: every client connects to URL
+    /// and names its document in each message.
     #[arg(long, env = "YCORD_BENCH_URL", value_parser = parse_url, value_name = "ws://HOST:PORT[/PATH]")]
     pub url: String,
+
+    /// The server's protocol: y-websocket (ycord, @y/websocket-server) or hocuspocus
+    /// (@hocuspocus/server 4.x; clients authenticate with an empty token).
+    #[arg(long, value_enum, default_value_t = Protocol::YWebsocket, value_name = "PROTOCOL")]
+    pub protocol: Protocol,
 
     /// Prefix of the room names this run uses ("<prefix>-<n>"); default "bench-<random>", so
     /// that runs never share rooms.
@@ -76,6 +83,7 @@ pub fn parse_secs(value: &str) -> Result<f64, String> {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: String,
+    pub protocol: Protocol,
     pub room_prefix: String,
     pub server: Option<ServerProcess>,
     pub quiet: bool,
@@ -91,6 +99,7 @@ impl Target {
         let server = args.server_pid.map(ServerProcess::open).transpose()?;
         Ok(Target {
             url: args.url.clone(),
+            protocol: args.protocol,
             room_prefix,
             server,
             quiet: args.quiet,
@@ -107,16 +116,16 @@ impl Target {
         format!("{}-{suffix}", self.room_prefix)
     }
 
-    /// The URL of this run's room `suffix`.
-    pub fn room_url(&self, suffix: impl std::fmt::Display) -> String {
-        format!("{}/{}", self.url, self.room(suffix))
+    /// This run's room `suffix`, as clients reach it.
+    pub fn endpoint(&self, suffix: impl std::fmt::Display) -> Endpoint {
+        Endpoint::new(self.protocol, &self.url, self.room(suffix))
     }
 
-    /// Joins a throwaway room once, so that an unreachable or non-y-websocket target fails
-    /// fast with a clear message naming the URL.
+    /// Joins a throwaway room once, so that an unreachable target or one that does not speak
+    /// the protocol fails fast with a clear message naming the URL.
     pub async fn probe(&self) -> Result<Duration, BenchError> {
         let started = Instant::now();
-        let (connection, _) = Connection::join(&self.room_url("probe"), Doc::new(), &self.client)
+        let (connection, _) = Connection::join(&self.endpoint("probe"), Doc::new(), &self.client)
             .await
             .map_err(|error| self.name_base_url(error))?;
         let elapsed = started.elapsed();
@@ -130,12 +139,18 @@ impl Target {
             BenchError::Unreachable { url, reason } => BenchError::Unreachable {
                 url: self.url.clone(),
                 reason: format!(
-                    "{reason} (room URL {url}); is a y-websocket server running there?"
+                    "{reason} (room {url}); is a {} server running there?",
+                    self.protocol
                 ),
             },
-            BenchError::NotYWebsocket { url, reason } => BenchError::NotYWebsocket {
+            BenchError::NotYWebsocket {
+                url,
+                protocol,
+                reason,
+            } => BenchError::NotYWebsocket {
                 url: self.url.clone(),
-                reason: format!("{reason} (room URL {url})"),
+                protocol,
+                reason: format!("{reason} (room {url})"),
             },
             other => other,
         }
