@@ -422,21 +422,13 @@ async fn upgrade(
         shutdown: shared.shutdown.clone(),
         metrics: shared.metrics.clone(),
     };
-    shared.sessions.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    hyper_util::rt::TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    Some(websocket_config),
-                )
-                .await;
-                session::run(socket, lease, settings).await;
-            }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
-        }
-        drop(permit);
-    });
+    shared.sessions.spawn(session_task(
+        on_upgrade,
+        websocket_config,
+        lease,
+        settings,
+        permit,
+    ));
     let mut response = warp::reply().into_response();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -452,6 +444,31 @@ async fn upgrade(
         headers.insert(warp::http::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     Ok(response)
+}
+
+/// The task of one WebSocket connection, from the end of the HTTP upgrade to the close. It
+/// owns the lease and settings, which the session borrows (see [`session::run`]).
+async fn session_task(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    websocket_config: WebSocketConfig,
+    lease: crate::rooms::RoomLease,
+    settings: session::Settings,
+    permit: ConnectionPermit,
+) {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(websocket_config),
+            )
+            .await;
+            session::run(socket, &lease, &settings).await;
+        }
+        Err(error) => tracing::debug!(%error, "upgrade failed"),
+    }
+    drop(lease);
+    drop(permit);
 }
 
 /// Counts a new connection unless the server is at its limit.

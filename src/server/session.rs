@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -82,30 +82,41 @@ enum End {
 }
 
 /// Runs a session until the peer leaves, misbehaves or the server shuts down.
-pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
+///
+/// Not an `async fn`: the session is built here and moved into the returned future once, and
+/// the lease and settings are borrowed from the task that owns them. An `async fn` keeps its
+/// arguments in the future beside the locals they are moved into, which made every idle
+/// connection's task hold the socket three times (2.9 KB of future; see `BENCHMARKS.md`).
+pub fn run<'a>(
+    socket: WebSocket,
+    lease: &'a RoomLease,
+    settings: &'a Settings,
+) -> impl Future<Output = ()> + 'a {
     let span = tracing::info_span!(
         "session",
         room = %lease.room().name(),
         connection = settings.connection,
         user = settings.subject.as_deref().unwrap_or("-"),
     );
-    async move {
+    let room = lease.room().clone();
+    let (subscription, greeting) = span.in_scope(|| {
         tracing::debug!("connected");
-        let room = lease.room().clone();
-        let (subscription, greeting) = room.subscribe(settings.connection);
-        let mut session = Session {
-            socket,
-            room,
-            connection: settings.connection,
-            left: false,
-            controlled: HashSet::new(),
-            last_heard: Instant::now(),
-            heard_anything: false,
-            updates: TokenBucket::new(settings.max_updates_per_sec),
-            access: settings.access,
-            metrics: settings.metrics.clone(),
-        };
-        let end = session.serve(subscription, greeting, &settings).await;
+        room.subscribe(settings.connection)
+    });
+    let mut session = Session {
+        socket,
+        room,
+        connection: settings.connection,
+        left: false,
+        controlled: HashSet::new(),
+        last_heard: Instant::now(),
+        heard_anything: false,
+        updates: TokenBucket::new(settings.max_updates_per_sec),
+        access: settings.access,
+        metrics: settings.metrics.clone(),
+    };
+    async move {
+        let end = session.serve(subscription, greeting, settings).await;
         session.leave();
         match &end {
             End::Close(code, reason) => {
@@ -121,10 +132,8 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
             }
             End::Gone => tracing::debug!("peer gone"),
         }
-        drop(lease);
     }
     .instrument(span)
-    .await
 }
 
 struct Session {
@@ -178,10 +187,12 @@ impl Session {
         let mut ping = tokio::time::interval(settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let first_message_deadline = tokio::time::sleep(settings.first_message_timeout);
-        tokio::pin!(first_message_deadline);
-        let token_expiry = tokio::time::sleep(time_until(settings.expires_at));
-        tokio::pin!(token_expiry);
+        // One timer for both deadlines, the first message's and then the token's (each timer
+        // is 112 bytes of every session's future).
+        let first_message_by = tokio::time::Instant::now() + settings.first_message_timeout;
+        let expires_by = tokio::time::Instant::now() + time_until(settings.expires_at);
+        let deadline = tokio::time::sleep_until(first_message_by.min(expires_by));
+        tokio::pin!(deadline);
         loop {
             if subscription.signals.lagged() {
                 return lagged();
@@ -190,7 +201,11 @@ impl Session {
                 _ = settings.shutdown.cancelled() => {
                     Err(End::Close(close_code::GOING_AWAY, "server shutting down".into()))
                 }
-                inbound = self.socket.next() => self.receive(inbound, settings).await,
+                inbound = self.socket.next() => match self.receive(inbound, settings) {
+                    Ok(Some(frame)) => self.handle_frame(&frame).await,
+                    Ok(None) => Ok(()),
+                    Err(end) => Err(end),
+                },
                 frame = subscription.updates.recv() => match frame {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
@@ -205,12 +220,19 @@ impl Session {
                     None => Ok(()),
                 },
                 _ = ping.tick() => self.keepalive(settings.ping_interval).await,
-                _ = &mut first_message_deadline, if !self.heard_anything => {
-                    self.metrics.limit_hit("first_message_timeout");
-                    Err(End::Close(close_code::POLICY_VIOLATION, "no message received in time".into()))
-                }
-                _ = &mut token_expiry, if settings.expires_at.is_some() => {
-                    Err(End::Close(close_code::POLICY_VIOLATION, "token expired".into()))
+                () = &mut deadline => {
+                    let now = tokio::time::Instant::now();
+                    if !self.heard_anything && now >= first_message_by {
+                        self.metrics.limit_hit("first_message_timeout");
+                        Err(End::Close(close_code::POLICY_VIOLATION, "no message received in time".into()))
+                    } else if settings.expires_at.is_some() && now >= expires_by {
+                        Err(End::Close(close_code::POLICY_VIOLATION, "token expired".into()))
+                    } else {
+                        // The first message came in time: wait for the token's expiry, if any.
+                        let next = if settings.expires_at.is_some() { expires_by } else { now + NEVER };
+                        deadline.as_mut().reset(next);
+                        Ok(())
+                    }
                 }
             };
             if let Err(end) = step {
@@ -219,11 +241,13 @@ impl Session {
         }
     }
 
-    async fn receive(
+    /// Takes in one inbound message; a binary frame comes back to be handled (awaited by the
+    /// caller, so that this part adds nothing to the session's future).
+    fn receive(
         &mut self,
         inbound: Option<Result<Message, tungstenite::Error>>,
         settings: &Settings,
-    ) -> Result<(), End> {
+    ) -> Result<Option<Bytes>, End> {
         let message = match inbound {
             None => return Err(End::Gone),
             Some(Ok(message)) => message,
@@ -234,7 +258,7 @@ impl Session {
         self.last_heard = Instant::now();
         self.heard_anything = true;
         match message {
-            Message::Binary(frame) => self.handle_frame(&frame).await,
+            Message::Binary(frame) => Ok(Some(frame)),
             Message::Text(_) => {
                 tracing::warn!("text frame received");
                 self.metrics.reject("text_frame");
@@ -245,7 +269,7 @@ impl Session {
             }
             Message::Close(_) => Err(End::Gone),
             // Pings are answered by the WebSocket layer; pongs only refresh `last_heard`.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
         }
     }
 
@@ -324,17 +348,17 @@ impl Session {
         queue: &mut crate::queue::Receiver<Bytes>,
     ) -> Result<(), End> {
         self.metrics.bytes_sent.inc_by(first.len() as u64);
-        Self::bounded(self.socket.feed(Message::Binary(first))).await?;
+        bounded(self.socket.feed(Message::Binary(first))).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match queue.try_recv() {
                 Ok(frame) => {
                     self.metrics.bytes_sent.inc_by(frame.len() as u64);
-                    Self::bounded(self.socket.feed(Message::Binary(frame))).await?
+                    bounded(self.socket.feed(Message::Binary(frame))).await?
                 }
                 Err(_) => break,
             }
         }
-        Self::bounded(self.socket.flush()).await
+        bounded(self.socket.flush()).await
     }
 
     /// Sends an awareness frame; if frames were dropped for us meanwhile, sends the room's full
@@ -360,29 +384,31 @@ impl Session {
             tracing::info!("peer stopped answering pings");
             return Err(End::Gone);
         }
-        Self::bounded(self.socket.send(Message::Ping(Bytes::new()))).await
+        bounded(self.socket.send(Message::Ping(Bytes::new()))).await
     }
 
-    async fn send(&mut self, frame: Bytes) -> Result<(), End> {
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), End>> + '_ {
         self.metrics.bytes_sent.inc_by(frame.len() as u64);
-        Self::bounded(self.socket.send(Message::Binary(frame))).await
+        bounded(self.socket.send(Message::Binary(frame)))
     }
+}
 
-    async fn bounded(
-        operation: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
-    ) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, operation).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "send failed");
-                Err(End::Gone)
-            }
-            Err(_) => {
-                tracing::info!("send timed out; peer is not reading");
-                Err(End::Gone)
-            }
+/// Bounds a send in time. A combinator rather than an `async fn`, which would hold `operation`
+/// twice (as its argument and inside the timeout): this future sits in every session's.
+fn bounded(
+    operation: impl Future<Output = Result<(), tungstenite::Error>>,
+) -> impl Future<Output = Result<(), End>> {
+    tokio::time::timeout(SEND_TIMEOUT, operation).map(|sent| match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "send failed");
+            Err(End::Gone)
         }
-    }
+        Err(_) => {
+            tracing::info!("send timed out; peer is not reading");
+            Err(End::Gone)
+        }
+    })
 }
 
 /// A close frame's reason may hold at most 123 bytes (RFC 6455, 5.5): longer ones are cut at a
@@ -430,9 +456,11 @@ fn apply_error(metrics: &Metrics, error: ApplyError) -> End {
     }
 }
 
-/// How long until `deadline`, or a very long time without one.
+/// A very long time: the deadline of what has none.
+const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+
+/// How long until `deadline`, or [`NEVER`] without one.
 fn time_until(deadline: Option<SystemTime>) -> Duration {
-    const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
     deadline.map_or(NEVER, |deadline| {
         deadline
             .duration_since(SystemTime::now())
