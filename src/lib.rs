@@ -6,6 +6,7 @@
 //! - [`auth`]: JWT verification and room grants.
 //! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
 //! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
+//! - [`queue`]: the bounded queue from a room to one member's session.
 //! - [`room`]: one document with its awareness states, members' queues and persistence.
 //! - [`rooms`]: the registry that loads each room once and evicts idle ones.
 //! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
@@ -35,6 +36,7 @@ pub mod limit;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;
+pub mod queue;
 pub mod room;
 pub mod rooms;
 pub mod server;

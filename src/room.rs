@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use yrs::sync::Awareness;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::time::{Clock, SystemClock};
@@ -25,6 +24,7 @@ use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
 use crate::protocol;
+use crate::queue;
 use crate::store::DocStore;
 use crate::webhooks::{ChangeFlag, Webhooks};
 
@@ -33,8 +33,8 @@ pub const MAX_ROOM_NAME_BYTES: usize = 1024;
 
 /// Capacity of a member's document-update queue, in frames. Overflow policy: the member is
 /// removed from the room and its connection closed with 1013, so that it resyncs on reconnect.
-/// An update is never silently skipped. The queue's blocks are allocated only while frames
-/// wait, so an idle member costs almost nothing however large this is.
+/// An update is never silently skipped. The queue's storage is allocated only while frames
+/// wait (see [`crate::queue`]), so an idle member costs almost nothing however large this is.
 pub const UPDATE_QUEUE_CAPACITY: usize = 4096;
 
 /// A member whose queue holds more than this many frames counts as behind: writers then yield
@@ -112,16 +112,16 @@ impl MemberSignals {
 }
 
 struct Member {
-    updates: mpsc::Sender<Bytes>,
-    awareness: mpsc::Sender<Bytes>,
+    updates: queue::Sender<Bytes>,
+    awareness: queue::Sender<Bytes>,
     signals: Arc<MemberSignals>,
 }
 
 /// A member's end of the room: the queues its session drains.
 #[derive(Debug)]
 pub struct Subscription {
-    pub updates: mpsc::Receiver<Bytes>,
-    pub awareness: mpsc::Receiver<Bytes>,
+    pub updates: queue::Receiver<Bytes>,
+    pub awareness: queue::Receiver<Bytes>,
     pub signals: Arc<MemberSignals>,
 }
 
@@ -291,8 +291,8 @@ impl Room {
     /// Adds a member. Its queues start receiving every update applied from now on, and the
     /// greeting reflects the state just before: nothing can fall between the two.
     pub fn subscribe(&self, connection: ConnectionId) -> (Subscription, Greeting) {
-        let (update_tx, update_rx) = mpsc::channel(UPDATE_QUEUE_CAPACITY);
-        let (awareness_tx, awareness_rx) = mpsc::channel(AWARENESS_QUEUE_CAPACITY);
+        let (update_tx, update_rx) = queue::channel(UPDATE_QUEUE_CAPACITY);
+        let (awareness_tx, awareness_rx) = queue::channel(AWARENESS_QUEUE_CAPACITY);
         let signals = Arc::new(MemberSignals::default());
         let mut state = self.state();
         state.members.insert(
@@ -732,12 +732,12 @@ fn broadcast_update(state: &mut RoomState, frame: &Bytes) -> bool {
                 behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK;
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::TrySendError::Full(_)) => {
                 member.signals.lagged.store(true, Ordering::Release);
                 false
             }
             // The session is gone and will unsubscribe; nothing to keep.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(queue::TrySendError::Closed(_)) => false,
         });
     behind
 }
@@ -791,7 +791,7 @@ fn take_unwritten(state: &mut RoomState) -> Option<(u64, Vec<Bytes>)> {
 /// member and the member flagged, so that its session sends the full state later.
 fn broadcast_awareness(state: &mut RoomState, frame: Bytes) {
     for member in state.members.values() {
-        if let Err(mpsc::error::TrySendError::Full(_)) = member.awareness.try_send(frame.clone()) {
+        if let Err(queue::TrySendError::Full(_)) = member.awareness.try_send(frame.clone()) {
             member
                 .signals
                 .awareness_dropped

@@ -250,7 +250,7 @@ impl Session {
     async fn send_queued(
         &mut self,
         first: Bytes,
-        queue: &mut tokio::sync::mpsc::Receiver<Bytes>,
+        queue: &mut crate::queue::Receiver<Bytes>,
     ) -> Result<(), End> {
         self.metrics.bytes_sent.inc_by(first.len() as u64);
         Self::bounded(self.socket.feed(Message::Binary(first))).await?;
