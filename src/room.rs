@@ -48,18 +48,22 @@ pub const BEHIND_WATERMARK: usize = UPDATE_QUEUE_CAPACITY / 4;
 pub const AWARENESS_QUEUE_CAPACITY: usize = 64;
 
 /// Applied updates a room keeps before writing them to the store as one log entry (see
-/// [`Room::write_log`]); with [`MAX_UNWRITTEN_BYTES`] it bounds the memory a burst holds.
-///
-/// One, for now: every update is written as its own entry right after it is applied (outside
-/// the room's lock). With entries of many updates, written by the flusher before each flush,
-/// sled's insert cost per update fell several-fold (it is 14 % of the server's CPU in `edit`
-/// and about half of it in `replay`), but sled 0.34 then hung for good in the flush at shutdown
-/// in `tests/slow_client.rs` (waiting in `make_stable` with its I/O threads idle, whether the
-/// entries were capped at 64 KiB or 1 MiB). Until that is understood, batching stays off.
-const MAX_UNWRITTEN_UPDATES: usize = 1;
+/// [`Room::write_log`]); the server's flusher writes whatever is left before each flush, so
+/// the durability window is unchanged. One sled insert per entry instead of one per keystroke:
+/// a sled insert costs about as much as the rest of applying a typing-sized update.
+const MAX_UNWRITTEN_UPDATES: usize = 256;
 
 /// Bytes of applied updates a room keeps before writing them to the store.
-const MAX_UNWRITTEN_BYTES: usize = 1 << 20;
+///
+/// Small on purpose: sled 0.34 splits a leaf past 16 entries and writes a node larger than a
+/// quarter segment (128 KiB) as a separate "blob" file. If creating that file fails (the
+/// directory gone, no space, no file descriptors left), sled returns the error but leaks its
+/// reservation in the log buffer (`logger.rs`, `reserve_inner`: `encapsulate(..)?` after the
+/// writer count was raised), and every later flush waits for that buffer forever. Entries of at
+/// most 4 KiB keep a leaf of 17 of them well below the blob threshold. (Entries of 16 KiB made
+/// `tests/slow_client.rs` hang in its shutdown flush: its temporary directory is removed while
+/// the shutdown compaction still writes.)
+const MAX_UNWRITTEN_BYTES: usize = 4 << 10;
 
 /// Stored updates applied per transaction when a room loads.
 const LOAD_BATCH: usize = 1000;
@@ -967,6 +971,38 @@ mod tests {
         assert_eq!(store.load("room").unwrap().log.len(), 3);
         let reloaded = room_on(store.clone());
         assert_eq!(reloaded.to_json(), room.to_json());
+    }
+
+    /// Keystrokes share log entries: one sled insert per [`MAX_UNWRITTEN_UPDATES`] updates,
+    /// and the rest by the next `write_log` (the flusher's), all in order.
+    #[test]
+    fn keystrokes_are_written_several_per_log_entry() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        let writer = Doc::with_client_id(7);
+        let root = writer.get_or_insert_text("text");
+        let keystrokes = 2 * MAX_UNWRITTEN_UPDATES + 10;
+        for index in 0..keystrokes {
+            let mut txn = writer.transact_mut();
+            root.insert(&mut txn, index as u32, "x");
+            room.apply_update(&txn.encode_update_v1()).unwrap();
+        }
+        assert_eq!(store.stats("room").unwrap().log_entries, 2);
+        room.write_log().unwrap();
+        assert_eq!(store.stats("room").unwrap().log_entries, 3);
+        assert_eq!(store.load("room").unwrap().log.len(), keystrokes);
+        let reloaded = room_on(store.clone());
+        assert_eq!(text(&reloaded), "x".repeat(keystrokes));
+    }
+
+    /// An update of more than [`MAX_UNWRITTEN_BYTES`] is written at once, as its own entry.
+    #[test]
+    fn a_large_update_is_written_at_once() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        room.apply_update(&insert(&"y".repeat(MAX_UNWRITTEN_BYTES)))
+            .unwrap();
+        assert_eq!(store.stats("room").unwrap().log_entries, 1);
     }
 
     /// A compaction takes the unwritten updates under the snapshot's sequence number, so that

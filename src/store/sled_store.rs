@@ -54,9 +54,10 @@ const MAX_SEQ: u64 = 1 << 63;
 pub struct SledStore {
     db: sled::Db,
     docs: sled::Tree,
-    /// Held while flushing. sled 0.34 can wait forever in a flush that runs concurrently with
-    /// another one (seen here: the shutdown's flush hung while the periodic flusher's last
-    /// flush was still running; upstream spacejam/sled#1308), so flushes take turns.
+    /// Held while flushing: concurrent flushes can deadlock in sled 0.34 (upstream
+    /// spacejam/sled#1308), so the periodic flusher and the shutdown take turns. (The shutdown
+    /// hang once blamed on this was sled leaking a failed blob write; see
+    /// `MAX_UNWRITTEN_BYTES` in `room.rs`.)
     flushing: Arc<Mutex<()>>,
 }
 
