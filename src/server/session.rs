@@ -54,14 +54,20 @@ pub struct Settings {
 #[derive(Debug)]
 enum End {
     /// Close the socket with this code and reason.
-    Close(u16, String),
+    Close(Refusal),
     /// The peer is gone (closed, reset, or stopped answering): nothing to send.
     Gone,
 }
 
+impl End {
+    fn close(code: u16, reason: impl Into<String>) -> End {
+        End::Close(Refusal::new(code, reason))
+    }
+}
+
 impl From<Refusal> for End {
     fn from(refusal: Refusal) -> End {
-        End::Close(refusal.code, refusal.reason)
+        End::Close(refusal)
     }
 }
 
@@ -93,15 +99,15 @@ pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
         };
         let end = session.serve(subscription, greeting, &settings).await;
         session.leave();
-        match &end {
-            End::Close(code, reason) => {
+        match end {
+            End::Close(Refusal { code, reason }) => {
                 tracing::debug!(code, %reason, "closing");
-                if *code == close_code::TRY_AGAIN_LATER {
+                if code == close_code::TRY_AGAIN_LATER {
                     settings.metrics.slow_client_disconnects.inc();
                 }
                 let close = Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(*code),
-                    reason: close_reason(reason).into(),
+                    code: CloseCode::from(code),
+                    reason: close_reason(&reason).into(),
                 }));
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
             }
@@ -172,7 +178,7 @@ impl Session {
             }
             let step = tokio::select! {
                 _ = settings.shutdown.cancelled() => {
-                    Err(End::Close(close_code::GOING_AWAY, "server shutting down".into()))
+                    Err(End::close(close_code::GOING_AWAY, "server shutting down"))
                 }
                 inbound = self.socket.next() => self.receive(inbound, settings).await,
                 frame = subscription.updates.recv() => match frame {
@@ -180,9 +186,9 @@ impl Session {
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
                     None if subscription.signals.closed() => {
-                        Err(End::Close(close_code::NORMAL, "room deleted".into()))
+                        Err(End::close(close_code::NORMAL, "room deleted"))
                     }
-                    None => Err(End::Close(close_code::GOING_AWAY, "room closed".into())),
+                    None => Err(End::close(close_code::GOING_AWAY, "room closed")),
                 },
                 frame = subscription.awareness.recv() => match frame {
                     Some(frame) => self.send_awareness(frame, &mut subscription).await,
@@ -191,10 +197,10 @@ impl Session {
                 _ = ping.tick() => self.keepalive(settings.ping_interval).await,
                 _ = &mut first_message_deadline, if !self.heard_anything => {
                     self.metrics.limit_hit("first_message_timeout");
-                    Err(End::Close(close_code::POLICY_VIOLATION, "no message received in time".into()))
+                    Err(End::close(close_code::POLICY_VIOLATION, "no message received in time"))
                 }
                 _ = &mut token_expiry, if settings.expires_at.is_some() => {
-                    Err(End::Close(close_code::POLICY_VIOLATION, "token expired".into()))
+                    Err(End::close(close_code::POLICY_VIOLATION, "token expired"))
                 }
             };
             if let Err(end) = step {
@@ -222,9 +228,9 @@ impl Session {
             Message::Text(_) => {
                 tracing::warn!("text frame received");
                 self.metrics.reject("text_frame");
-                Err(End::Close(
+                Err(End::close(
                     close_code::UNSUPPORTED_DATA,
-                    "text frames are not part of the protocol; send binary".into(),
+                    "text frames are not part of the protocol; send binary",
                 ))
             }
             Message::Close(_) => Err(End::Gone),
@@ -330,9 +336,9 @@ fn close_reason(reason: &str) -> String {
 
 fn lagged() -> End {
     tracing::info!("client fell behind the room; closing so that it resyncs");
-    End::Close(
+    End::close(
         close_code::TRY_AGAIN_LATER,
-        "fell behind the room; reconnect to resync".into(),
+        "fell behind the room; reconnect to resync",
     )
 }
 
@@ -353,7 +359,7 @@ fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metri
     if matches!(error, tungstenite::Error::Capacity(_)) {
         tracing::warn!(max_message_bytes, "message too big");
         metrics.limit_hit("message_size");
-        End::Close(
+        End::close(
             close_code::MESSAGE_TOO_BIG,
             format!("message larger than {max_message_bytes} bytes; do not resend it"),
         )
