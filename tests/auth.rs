@@ -423,6 +423,35 @@ async fn a_session_is_closed_with_1008_when_its_token_expires() {
     assert_eq!(refused_status(with_token(&url, &short).as_str()).await, 401);
 }
 
+/// A session has one timer for its two deadlines: the first message's, then the token's expiry.
+#[tokio::test]
+async fn a_token_that_expires_after_the_first_message_deadline_still_ends_the_session() {
+    let server = TestServer::start_with(|config| {
+        config.auth_secret = Some(SECRET.into());
+        config.limits.first_message_secs = 1;
+    })
+    .await;
+    let url = server.room_url("doc");
+    let short = sign(
+        SECRET,
+        json!({ "exp": now() + 4, "rooms": ["doc"], "mode": "rw" }),
+    );
+    let expiring = Client::connect_with_doc(&with_token(&url, &short), Doc::new()).await;
+    let silent = Client::connect_raw(&with_token(&url, &token(&["doc"], "rw")), Doc::new()).await;
+
+    // Past the first-message deadline: the client that spoke stays, the silent one is closed.
+    let (code, reason) = silent.wait_closed().await.expect("a close frame");
+    assert_eq!(code, 1008, "reason: {reason}");
+    assert!(reason.contains("no message"), "reason: {reason}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!expiring.seen.lock().unwrap().ended);
+
+    // Then its token expires (3 to 4 s after it connected).
+    let (code, reason) = expiring.wait_closed().await.expect("a close frame");
+    assert_eq!(code, 1008, "reason: {reason}");
+    assert!(reason.contains("expired"), "reason: {reason}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stock JavaScript client (tests/interop/readonly.mjs).
 

@@ -448,7 +448,8 @@ async fn upgrade(
     Ok(response)
 }
 
-/// The task of one WebSocket connection, from the end of the HTTP upgrade to the close.
+/// The task of one WebSocket connection, from the end of the HTTP upgrade to the close. It
+/// owns the lease and settings, which the session borrows (see [`session::run`]).
 async fn session_task(
     on_upgrade: hyper::upgrade::OnUpgrade,
     websocket_config: WebSocketConfig,
@@ -464,10 +465,11 @@ async fn session_task(
                 Some(websocket_config),
             )
             .await;
-            session::run(socket, lease, settings).await;
+            session::run(socket, &lease, &settings).await;
         }
         Err(error) => tracing::debug!(%error, "upgrade failed"),
     }
+    drop(lease);
     drop(permit);
 }
 

@@ -2,15 +2,21 @@
 //! and the close.
 //!
 //! A single task owns the socket and selects over: inbound frames, the room's update queue, the
-//! room's awareness queue, the ping timer and the shutdown token. Every send is bounded in time,
-//! so a peer that stops reading cannot hold the task forever; meanwhile its update queue fills
-//! and the room drops it (close 1013).
+//! room's awareness queue, the ping timer, one deadline timer (the first message's, then the
+//! token's expiry) and the shutdown token. Every send is bounded in time, so a peer that stops
+//! reading cannot hold the task forever; meanwhile its update queue fills and the room drops it
+//! (close 1013).
+//!
+//! Each idle connection holds this task's future, so its size matters (see *Idle memory* in
+//! `BENCHMARKS.md`): inbound frames are handled synchronously and only the replies awaited,
+//! sends are combinators rather than `async fn`s, and [`run`] builds the session before its
+//! future.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -54,63 +60,78 @@ pub struct Settings {
 #[derive(Debug)]
 enum End {
     /// Close the socket with this code and reason.
-    Close(u16, String),
+    Close(Refusal),
     /// The peer is gone (closed, reset, or stopped answering): nothing to send.
     Gone,
 }
 
+impl End {
+    fn close(code: u16, reason: impl Into<String>) -> End {
+        End::Close(Refusal::new(code, reason))
+    }
+}
+
 impl From<Refusal> for End {
     fn from(refusal: Refusal) -> End {
-        End::Close(refusal.code, refusal.reason)
+        End::Close(refusal)
     }
 }
 
 /// Runs a session until the peer leaves, misbehaves or the server shuts down.
-pub async fn run(socket: WebSocket, lease: RoomLease, settings: Settings) {
+///
+/// Not an `async fn`: the session is built here and moved into the returned future once, and
+/// the lease and settings are borrowed from the task that owns them. An `async fn` keeps its
+/// arguments in its future beside the locals they are moved into, which made every idle
+/// connection's task hold the socket three times (see *Idle memory* in `BENCHMARKS.md`).
+pub fn run<'a>(
+    socket: WebSocket,
+    lease: &'a RoomLease,
+    settings: &'a Settings,
+) -> impl Future<Output = ()> + 'a {
     let span = tracing::info_span!(
         "session",
         room = %lease.room().name(),
         connection = settings.connection,
         user = settings.subject.as_deref().unwrap_or("-"),
     );
-    async move {
+    let room = lease.room().clone();
+    let (subscription, greeting) = span.in_scope(|| {
         tracing::debug!("connected");
-        let room = lease.room().clone();
-        let (subscription, greeting) = room.subscribe(settings.connection);
-        let mut session = Session {
-            socket,
-            peer: Peer::new(
-                room,
-                settings.access,
-                settings.max_updates_per_sec,
-                settings.metrics.clone(),
-            ),
-            connection: settings.connection,
-            left: false,
-            last_heard: Instant::now(),
-            heard_anything: false,
-            metrics: settings.metrics.clone(),
-        };
-        let end = session.serve(subscription, greeting, &settings).await;
+        room.subscribe(settings.connection)
+    });
+    let mut session = Session {
+        socket,
+        peer: Peer::new(
+            room,
+            settings.access,
+            settings.max_updates_per_sec,
+            settings.metrics.clone(),
+        ),
+        connection: settings.connection,
+        left: false,
+        last_heard: Instant::now(),
+        heard_anything: false,
+        metrics: settings.metrics.clone(),
+    };
+    async move {
+        let end = session.serve(subscription, greeting, settings).await;
         session.leave();
-        match &end {
-            End::Close(code, reason) => {
+        match end {
+            End::Close(Refusal { code, reason }) => {
                 tracing::debug!(code, %reason, "closing");
-                if *code == close_code::TRY_AGAIN_LATER {
+                if code == close_code::TRY_AGAIN_LATER {
                     settings.metrics.slow_client_disconnects.inc();
                 }
                 let close = Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(*code),
-                    reason: close_reason(reason).into(),
+                    code: CloseCode::from(code),
+                    reason: close_reason(&reason).into(),
                 }));
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
             }
             End::Gone => tracing::debug!("peer gone"),
         }
-        drop(lease);
     }
     .instrument(span)
-    .await
 }
 
 struct Session {
@@ -162,39 +183,52 @@ impl Session {
         let mut ping = tokio::time::interval(settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let first_message_deadline = tokio::time::sleep(settings.first_message_timeout);
-        tokio::pin!(first_message_deadline);
-        let token_expiry = tokio::time::sleep(time_until(settings.expires_at));
-        tokio::pin!(token_expiry);
+        // One timer serves both deadlines, the first message's and then the token's: each
+        // timer is 112 bytes of every session's future.
+        let now = tokio::time::Instant::now();
+        let first_message_by = now + settings.first_message_timeout;
+        let expires_by = settings.expires_at.map(|at| now + time_until(at));
+        let deadline = tokio::time::sleep_until(self.next_deadline(first_message_by, expires_by));
+        tokio::pin!(deadline);
         loop {
             if subscription.signals.lagged() {
                 return lagged();
             }
             let step = tokio::select! {
                 _ = settings.shutdown.cancelled() => {
-                    Err(End::Close(close_code::GOING_AWAY, "server shutting down".into()))
+                    Err(End::close(close_code::GOING_AWAY, "server shutting down"))
                 }
-                inbound = self.socket.next() => self.receive(inbound, settings).await,
+                inbound = self.socket.next() => match self.receive(inbound, settings) {
+                    Ok(Some(replies)) => self.reply(replies).await,
+                    Ok(None) => Ok(()),
+                    Err(end) => Err(end),
+                },
                 frame = subscription.updates.recv() => match frame {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
                     None if subscription.signals.closed() => {
-                        Err(End::Close(close_code::NORMAL, "room deleted".into()))
+                        Err(End::close(close_code::NORMAL, "room deleted"))
                     }
-                    None => Err(End::Close(close_code::GOING_AWAY, "room closed".into())),
+                    None => Err(End::close(close_code::GOING_AWAY, "room closed")),
                 },
                 frame = subscription.awareness.recv() => match frame {
                     Some(frame) => self.send_awareness(frame, &mut subscription).await,
                     None => Ok(()),
                 },
                 _ = ping.tick() => self.keepalive(settings.ping_interval).await,
-                _ = &mut first_message_deadline, if !self.heard_anything => {
-                    self.metrics.limit_hit("first_message_timeout");
-                    Err(End::Close(close_code::POLICY_VIOLATION, "no message received in time".into()))
-                }
-                _ = &mut token_expiry, if settings.expires_at.is_some() => {
-                    Err(End::Close(close_code::POLICY_VIOLATION, "token expired".into()))
+                () = &mut deadline => {
+                    let now = tokio::time::Instant::now();
+                    if !self.heard_anything && now >= first_message_by {
+                        self.metrics.limit_hit("first_message_timeout");
+                        Err(End::close(close_code::POLICY_VIOLATION, "no message received in time"))
+                    } else if expires_by.is_some_and(|by| now >= by) {
+                        Err(End::close(close_code::POLICY_VIOLATION, "token expired"))
+                    } else {
+                        // The first message came in time: wait for the token's expiry, if any.
+                        deadline.as_mut().reset(self.next_deadline(first_message_by, expires_by));
+                        Ok(())
+                    }
                 }
             };
             if let Err(end) = step {
@@ -203,11 +237,30 @@ impl Session {
         }
     }
 
-    async fn receive(
+    /// When the session's timer must next fire: at the first-message deadline until a message
+    /// came, then at the token's expiry, if any.
+    fn next_deadline(
+        &self,
+        first_message_by: tokio::time::Instant,
+        expires_by: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        let first_message_by = (!self.heard_anything).then_some(first_message_by);
+        match (first_message_by, expires_by) {
+            (Some(first), Some(expiry)) => first.min(expiry),
+            (Some(by), None) | (None, Some(by)) => by,
+            (None, None) => tokio::time::Instant::now() + NEVER,
+        }
+    }
+
+    /// Takes in one inbound message. A binary frame is handled here, synchronously, and the
+    /// replies it calls for come back to be sent (by the caller, so that this part adds
+    /// nothing to the session's future); `None` for anything else that does not end the
+    /// session.
+    fn receive(
         &mut self,
         inbound: Option<Result<Message, tungstenite::Error>>,
         settings: &Settings,
-    ) -> Result<(), End> {
+    ) -> Result<Option<Vec<Bytes>>, End> {
         let message = match inbound {
             None => return Err(End::Gone),
             Some(Ok(message)) => message,
@@ -218,24 +271,23 @@ impl Session {
         self.last_heard = Instant::now();
         self.heard_anything = true;
         match message {
-            Message::Binary(frame) => self.handle_frame(&frame).await,
+            Message::Binary(frame) => Ok(Some(self.peer.handle_frame(&frame)?)),
             Message::Text(_) => {
                 tracing::warn!("text frame received");
                 self.metrics.reject("text_frame");
-                Err(End::Close(
+                Err(End::close(
                     close_code::UNSUPPORTED_DATA,
-                    "text frames are not part of the protocol; send binary".into(),
+                    "text frames are not part of the protocol; send binary",
                 ))
             }
             Message::Close(_) => Err(End::Gone),
             // Pings are answered by the WebSocket layer; pongs only refresh `last_heard`.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
         }
     }
 
-    /// Handles one inbound frame and sends the replies.
-    async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), End> {
-        let replies = self.peer.handle_frame(frame).map_err(End::from)?;
+    /// Sends the replies to one inbound frame.
+    async fn reply(&mut self, replies: Vec<Bytes>) -> Result<(), End> {
         for reply in replies {
             self.send(reply).await?;
         }
@@ -253,17 +305,17 @@ impl Session {
         queue: &mut crate::queue::Receiver<Bytes>,
     ) -> Result<(), End> {
         self.metrics.bytes_sent.inc_by(first.len() as u64);
-        Self::bounded(self.socket.feed(Message::Binary(first))).await?;
+        bounded(self.socket.feed(Message::Binary(first))).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             match queue.try_recv() {
                 Ok(frame) => {
                     self.metrics.bytes_sent.inc_by(frame.len() as u64);
-                    Self::bounded(self.socket.feed(Message::Binary(frame))).await?
+                    bounded(self.socket.feed(Message::Binary(frame))).await?
                 }
                 Err(_) => break,
             }
         }
-        Self::bounded(self.socket.flush()).await
+        bounded(self.socket.flush()).await
     }
 
     /// Sends an awareness frame; if frames were dropped for us meanwhile, sends the room's full
@@ -289,29 +341,31 @@ impl Session {
             tracing::info!("peer stopped answering pings");
             return Err(End::Gone);
         }
-        Self::bounded(self.socket.send(Message::Ping(Bytes::new()))).await
+        bounded(self.socket.send(Message::Ping(Bytes::new()))).await
     }
 
-    async fn send(&mut self, frame: Bytes) -> Result<(), End> {
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), End>> + '_ {
         self.metrics.bytes_sent.inc_by(frame.len() as u64);
-        Self::bounded(self.socket.send(Message::Binary(frame))).await
+        bounded(self.socket.send(Message::Binary(frame)))
     }
+}
 
-    async fn bounded(
-        operation: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
-    ) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, operation).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "send failed");
-                Err(End::Gone)
-            }
-            Err(_) => {
-                tracing::info!("send timed out; peer is not reading");
-                Err(End::Gone)
-            }
+/// Bounds a send in time. A combinator rather than an `async fn`, which would hold `operation`
+/// twice (as its argument and inside the timeout): this future sits in every session's.
+fn bounded(
+    operation: impl Future<Output = Result<(), tungstenite::Error>>,
+) -> impl Future<Output = Result<(), End>> {
+    tokio::time::timeout(SEND_TIMEOUT, operation).map(|sent| match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "send failed");
+            Err(End::Gone)
         }
-    }
+        Err(_) => {
+            tracing::info!("send timed out; peer is not reading");
+            Err(End::Gone)
+        }
+    })
 }
 
 /// A close frame's reason may hold at most 123 bytes (RFC 6455, 5.5): longer ones are cut at a
@@ -330,21 +384,21 @@ fn close_reason(reason: &str) -> String {
 
 fn lagged() -> End {
     tracing::info!("client fell behind the room; closing so that it resyncs");
-    End::Close(
+    End::close(
         close_code::TRY_AGAIN_LATER,
-        "fell behind the room; reconnect to resync".into(),
+        "fell behind the room; reconnect to resync",
     )
 }
 
-/// How long until `deadline`, or a very long time without one.
-fn time_until(deadline: Option<SystemTime>) -> Duration {
-    const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
-    deadline.map_or(NEVER, |deadline| {
-        deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(NEVER)
-    })
+/// A very long time: the deadline of what has none.
+const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+
+/// How long until `deadline` (at most [`NEVER`]).
+fn time_until(deadline: SystemTime) -> Duration {
+    deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .min(NEVER)
 }
 
 /// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
@@ -353,7 +407,7 @@ fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metri
     if matches!(error, tungstenite::Error::Capacity(_)) {
         tracing::warn!(max_message_bytes, "message too big");
         metrics.limit_hit("message_size");
-        End::Close(
+        End::close(
             close_code::MESSAGE_TOO_BIG,
             format!("message larger than {max_message_bytes} bytes; do not resend it"),
         )
