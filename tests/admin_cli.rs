@@ -303,9 +303,15 @@ async fn compact_all_folds_the_log_left_by_a_killed_server() {
     client.drop_abruptly();
 
     let before = inspected(&ycord_ok(&["inspect", "--data-dir", path(&dir)]).await);
-    assert_eq!(before["doc"].1, 3, "three logged updates: {before:?}");
+    // Three updates, in one to three log entries (a room writes what it applied between two
+    // flushes as one entry).
+    let entries = before["doc"].1;
+    assert!((1..=3).contains(&entries), "logged updates: {before:?}");
     let report = ycord_ok(&["compact", "--all", "--data-dir", path(&dir)]).await;
-    assert!(report.contains("doc: 3 log entries -> 0"), "{report}");
+    assert!(
+        report.contains(&format!("doc: {entries} log entries -> 0")),
+        "{report}"
+    );
     let after = inspected(&ycord_ok(&["inspect", "--data-dir", path(&dir)]).await);
     assert_eq!(after["doc"].1, 0, "{after:?}");
     assert!(after["doc"].0 > 0, "{after:?}");
