@@ -199,6 +199,30 @@ fn structured_edit() -> Vec<u8> {
     })
 }
 
+/// An update holding every kind of content `protocol::validate` walks: nested `Any` objects
+/// and arrays, a buffer, a float, a big integer, an embed, an XML element with an attribute
+/// and a subdocument (under 255 bytes, to fit one `session_frames` record).
+fn every_content_edit() -> Vec<u8> {
+    use yrs::{Any, Xml, XmlElementPrelim};
+    let update = Client::new(4).edit(|_, txn| {
+        let map = txn.get_or_insert_map("m");
+        let nested = Any::from_json(r#"{"a":[1,2.5,{"b":null}],"t":true}"#).expect("JSON");
+        map.insert(txn, "any", nested);
+        map.insert(txn, "buf", Any::Buffer(vec![0, 255].into()));
+        map.insert(txn, "big", Any::from(i64::MAX));
+        let options =
+            yrs::Options::with_guid_and_client_id("sub".into(), yrs::block::ClientID::new(5));
+        map.insert(txn, "doc", Doc::with_options(options));
+        let text = txn.get_or_insert_text("t");
+        text.insert_embed(txn, 0, Any::from_json(r#"{"img":"x"}"#).expect("JSON"));
+        let xml = txn.get_or_insert_xml_fragment("x");
+        let element = xml.push_back(txn, XmlElementPrelim::empty("p"));
+        element.insert_attribute(txn, "k", "v");
+    });
+    assert_eq!(ycord::protocol::validate::update_v1(&update), Ok(()));
+    update
+}
+
 /// An update inserting 150 characters: two of them exceed `session_frames`' small limit.
 fn long_text(index: usize) -> Vec<u8> {
     let client = Client::new(10 + index as u64);
@@ -246,6 +270,10 @@ fn protocol_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("query-awareness", encode_query_awareness().to_vec()),
         ("auth-denied", encode_auth_denied("read-only").to_vec()),
+        (
+            "update-every-content",
+            encode_update(&every_content_edit()).to_vec(),
+        ),
         (
             "several-messages",
             concat(&[
@@ -375,6 +403,10 @@ fn session_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     &encode_sync_step1(&empty_sv),
                 ]))],
             ),
+        ),
+        (
+            "every-content-with-restart",
+            session(0, &[&update(&every_content_edit()), RESTART, &step1]),
         ),
     ]
 }
