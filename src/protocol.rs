@@ -137,10 +137,10 @@ pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
 }
 
 /// Runs a yrs decoder over untrusted bytes, turning a panic into an error. The encodings are
-/// validated first (client IDs fit in 53 bits, delete ranges in `u32` clocks), but yrs has
-/// more debug assertions and overflow checks than the validator mirrors (a client's clock
-/// running past `u32::MAX` while its structs are decoded, fuzzer finding
-/// `block-clock-overflow`), so a panic still must not take the session down.
+/// validated first, which refuses everything known to make yrs's decoders panic (client IDs of
+/// 2^53 and above, clocks and delete ranges past `u32::MAX`, over-long `Any` integers); this is
+/// the second line, so that a panic the validator does not foresee ends one message, not the
+/// session's thread.
 pub(crate) fn decode_untrusted<T, E: std::fmt::Display>(
     decode: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, String> {
