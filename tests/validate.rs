@@ -374,7 +374,8 @@ fn bombs_cost_no_memory() {
 fn validation_cost() {
     let updates = automerge_updates();
     let bytes: usize = updates.iter().map(Vec::len).sum();
-    for round in 0..3 {
+    let (mut best_validate, mut best_decode) = (Duration::MAX, Duration::MAX);
+    for round in 0..7 {
         let started = Instant::now();
         for update in &updates {
             validate::update_v1(update).unwrap();
@@ -391,5 +392,8 @@ fn validation_cost() {
             updates.len(),
             100.0 * validated.as_secs_f64() / decoded.as_secs_f64()
         );
+        best_validate = best_validate.min(validated);
+        best_decode = best_decode.min(decoded);
     }
+    println!("best of 7: validate {best_validate:?}, yrs decode {best_decode:?}");
 }
