@@ -54,6 +54,10 @@ pub enum EncodingError {
     EmptyBlock { at: usize },
     #[error("client ID {client} at byte {at} does not fit in 53 bits")]
     ClientIdOutOfRange { client: u64, at: usize },
+    #[error(
+        "legacy JSON content at byte {at}: yrs 0.28 misreads it (one value more than its count)"
+    )]
+    LegacyJsonContent { at: usize },
     #[error("the struct at byte {at} runs past the largest clock")]
     ClockOverflow { at: usize },
     #[error("delete range of {len} from clock {clock} (byte {at}) ends past the largest clock")]
@@ -67,8 +71,6 @@ pub enum Count {
     Clients,
     /// Structs of one client in an update.
     Structs,
-    /// JSON strings of a legacy JSON item.
-    JsonStrings,
     /// Values of an `Any` item (array elements, map values).
     AnyContentValues,
     /// Elements of an `Any` array.
@@ -90,7 +92,6 @@ impl std::fmt::Display for Count {
         f.write_str(match self {
             Count::Clients => "clients",
             Count::Structs => "structs",
-            Count::JsonStrings => "JSON strings",
             Count::AnyContentValues => "Any item values",
             Count::ArrayValues => "Any array values",
             Count::ObjectEntries => "Any object entries",

@@ -20,6 +20,8 @@
 //! - `Any` values nested more than [`MAX_ANY_DEPTH`] arrays and objects deep;
 //! - whatever yrs would fail to read: truncation, malformed varints, unknown tags, invalid
 //!   UTF-8, empty GC and skip blocks;
+//! - legacy JSON content, which yrs cannot read back once it has written it (see
+//!   [`EncodingError::LegacyJsonContent`]);
 //! - client IDs of 2^53 and above, which yrs's `ClientID::new` asserts against in debug builds
 //!   and silently truncates in release builds;
 //! - signed varints longer than ten bytes, whose eleventh byte yrs shifts past 64 bits
@@ -39,7 +41,7 @@
 //! `Options::decode` in `doc.rs`, `Any::decode` in `any.rs`, `IdSet::decode` in `id_set.rs`,
 //! `StateVector::decode` in `state_vector.rs` and `AwarenessUpdate::decode` in
 //! `sync/awareness.rs`. Where yrs departs from Yjs, the walk follows yrs, since yrs is what it
-//! protects (see [`json_content`]).
+//! protects (see [`type_ref`]).
 
 use yrs::encoding::read::{Cursor, Error as ReadError, Read};
 
@@ -197,7 +199,10 @@ fn block(reader: &mut Reader<'_>) -> Result<u32, EncodingError> {
 fn content(reader: &mut Reader<'_>, kind: u8, at: usize) -> Result<u32, EncodingError> {
     match kind {
         CONTENT_DELETED => reader.var_u32(),
-        CONTENT_JSON => json_content(reader),
+        // yrs 0.28.1 reads one JSON string more than the count says (`while remaining >= 0`),
+        // where Yjs reads exactly the count, and writes the count of what it read: no JSON
+        // item survives being stored and read back. Current Yjs never writes this content.
+        CONTENT_JSON => Err(EncodingError::LegacyJsonContent { at }),
         CONTENT_BINARY => reader.buf().map(|()| 1),
         CONTENT_STRING => {
             let text = reader.string()?;
@@ -229,30 +234,6 @@ fn content(reader: &mut Reader<'_>, kind: u8, at: usize) -> Result<u32, Encoding
             at,
         }),
     }
-}
-
-/// Legacy JSON content: a count, then JSON strings. yrs 0.28.1 reads one string more than the
-/// count says (`while remaining >= 0`), where Yjs reads exactly the count; the walk follows yrs,
-/// or an update could read one way here and another way in yrs. yrs also takes the count as an
-/// `i32` and fails on a negative one.
-fn json_content(reader: &mut Reader<'_>) -> Result<u32, EncodingError> {
-    let at = reader.at();
-    let count = reader.var_u32()?;
-    let strings = u64::from(count) + 1;
-    if i32::try_from(count).is_err() {
-        return Err(EncodingError::CountTooLarge {
-            what: Count::JsonStrings,
-            count: strings,
-            remaining: reader.remaining(),
-            at,
-        });
-    }
-    reader.check_count(Count::JsonStrings, strings, 1, at)?;
-    for _ in 0..strings {
-        reader.string()?;
-    }
-    // `count` is below 2^31, so one more fits.
-    Ok(count.saturating_add(1))
 }
 
 /// A shared type's reference (`TypeRef::decode`): one byte, not a varint; an XML element
@@ -538,8 +519,6 @@ mod tests {
     fn well_formed_items_of_every_content_type_pass() {
         let cases: Vec<Vec<u8>> = vec![
             item_update(CONTENT_DELETED, &var(3)),
-            // yrs reads one JSON string more than the count (see `json_content`).
-            item_update(CONTENT_JSON, &concat(&[&var(1), &[1, b'1'], &[4], b"true"])),
             item_update(CONTENT_BINARY, &concat(&[&var(2), &[0xff, 0]])),
             item_update(CONTENT_STRING, &concat(&[&var(2), b"hi"])),
             item_update(CONTENT_EMBED, &concat(&[&var(2), b"{}"])),
@@ -615,16 +594,24 @@ mod tests {
     }
 
     #[test]
-    fn refuses_json_content_count_bombs() {
-        assert_count_bomb(
-            &item_update(CONTENT_JSON, &var(1 << 28)),
-            Count::JsonStrings,
-        );
-        // yrs takes the count as an `i32`: 2^31 and above are negative to it.
-        assert_count_bomb(
-            &item_update(CONTENT_JSON, &var(1 << 31)),
-            Count::JsonStrings,
-        );
+    fn refuses_legacy_json_content() {
+        // Count 1, two strings: what yrs reads as one JSON item of two values.
+        let item = item_update(CONTENT_JSON, &concat(&[&var(1), &[1, b'1'], &[1, b'2']]));
+        let decoded = Update::decode_v1(&item).expect("yrs reads it");
+        // yrs writes it back with a count of 2 and reads three strings: it cannot read it back.
+        assert!(Update::decode_v1(&decoded.encode_v1()).is_err());
+        assert!(matches!(
+            update_v1(&item),
+            Err(EncodingError::LegacyJsonContent { .. })
+        ));
+        // Count bombs in it are refused with it.
+        for count in [1 << 28, 1 << 31] {
+            let bomb = item_update(CONTENT_JSON, &var(count));
+            assert!(matches!(
+                update_v1(&bomb),
+                Err(EncodingError::LegacyJsonContent { .. })
+            ));
+        }
     }
 
     #[test]
