@@ -199,20 +199,20 @@ fn structured_edit() -> Vec<u8> {
     })
 }
 
-/// An update holding every kind of content `protocol::validate` walks: nested `Any` objects
-/// and arrays, a buffer, a float, a big integer, an embed, an XML element with an attribute
-/// and a subdocument (under 255 bytes, to fit one `session_frames` record).
+/// An update holding most kinds of content `protocol::validate` walks: nested `Any` objects
+/// and arrays, a buffer, a float, a big integer, an embed and an XML element with an attribute
+/// (under 255 bytes, to fit one `session_frames` record). Every object has one key: yrs writes
+/// `Any` objects in hash order, and seeds must be deterministic. No subdocument, for the same
+/// reason (its options are such an object) and because a room holding one leaks under
+/// LeakSanitizer (`fuzz/findings/README.md`), which would report every run at its first seed.
 fn every_content_edit() -> Vec<u8> {
     use yrs::{Any, Xml, XmlElementPrelim};
     let update = Client::new(4).edit(|_, txn| {
         let map = txn.get_or_insert_map("m");
-        let nested = Any::from_json(r#"{"a":[1,2.5,{"b":null}],"t":true}"#).expect("JSON");
+        let nested = Any::from_json(r#"{"a":[1,2.5,true,{"b":null}]}"#).expect("JSON");
         map.insert(txn, "any", nested);
         map.insert(txn, "buf", Any::Buffer(vec![0, 255].into()));
         map.insert(txn, "big", Any::from(i64::MAX));
-        let options =
-            yrs::Options::with_guid_and_client_id("sub".into(), yrs::block::ClientID::new(5));
-        map.insert(txn, "doc", Doc::with_options(options));
         let text = txn.get_or_insert_text("t");
         text.insert_embed(txn, 0, Any::from_json(r#"{"img":"x"}"#).expect("JSON"));
         let xml = txn.get_or_insert_xml_fragment("x");
