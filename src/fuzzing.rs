@@ -23,10 +23,26 @@ use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscript
 use crate::store::{DocStore, SledStore, encode_log_entry};
 
 /// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
-/// must re-encode to a frame that decodes to the same message.
+/// must re-encode to a frame that decodes to the same message, and every update or awareness
+/// payload the validator passes must be read by yrs without a structural error (see
+/// [`assert_yrs_agrees`]).
 pub fn protocol_decode(data: &[u8]) {
     for message in protocol::decode_frame(data) {
         let Ok(message) = message else { continue };
+        match &message {
+            Inbound::SyncStep2(update) | Inbound::Update(update)
+                if protocol::validate::update_v1(update).is_ok() =>
+            {
+                assert_yrs_agrees(update, Update::decode_v1(update).map(drop));
+            }
+            Inbound::Awareness(payload)
+                if protocol::validate::awareness_update(payload).is_ok() =>
+            {
+                let decoded = yrs::sync::awareness::AwarenessUpdate::decode_v1(payload);
+                assert_yrs_agrees(payload, decoded.map(drop));
+            }
+            _ => {}
+        }
         let encoded = match &message {
             Inbound::SyncStep1(state_vector) => {
                 use yrs::updates::encoder::Encode;
@@ -40,6 +56,21 @@ pub fn protocol_decode(data: &[u8]) {
         };
         let again: Vec<_> = protocol::decode_frame(&encoded).collect();
         assert_eq!(again, vec![Ok(message)], "re-encoding changed the message");
+    }
+}
+
+/// The validator (`protocol::validate`) must read an encoding the way yrs does: if it passes
+/// something yrs then finds truncated, mistagged or malformed, the two disagree about where
+/// the fields are, and a count the validator never saw could reach yrs's reservations. Only
+/// JSON that serde_json refuses (embeds, formats: the validator checks UTF-8, not JSON) may
+/// still fail. Decoding here is safe: the validator has bounded every count.
+fn assert_yrs_agrees(bytes: &[u8], decoded: Result<(), yrs::encoding::read::Error>) {
+    use yrs::encoding::read::Error;
+    if let Err(error) = decoded {
+        assert!(
+            matches!(error, Error::InvalidJSON(_)),
+            "the validator passed {bytes:02x?}, which yrs fails to read: {error}"
+        );
     }
 }
 

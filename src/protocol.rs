@@ -24,6 +24,8 @@ use yrs::{StateVector, Update};
 
 use crate::error::ProtocolError;
 
+pub mod validate;
+
 const MSG_SYNC: u8 = 0;
 const MSG_AWARENESS: u8 = 1;
 const MSG_AUTH: u8 = 2;
@@ -97,7 +99,8 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
             match u8::try_from(sync_type) {
                 Ok(SYNC_STEP1) => {
                     let bytes = read_buf(cursor)?;
-                    check_count(bytes, 2).map_err(|_| ProtocolError::InvalidStateVector)?;
+                    validate::state_vector_v1(bytes)
+                        .map_err(|_| ProtocolError::InvalidStateVector)?;
                     let state_vector = decode_untrusted(|| StateVector::decode_v1(bytes))
                         .map_err(|_| ProtocolError::InvalidStateVector)?;
                     Ok(Inbound::SyncStep1(state_vector))
@@ -118,45 +121,33 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
     }
 }
 
-/// Checks the leading count of an encoded list against the bytes that follow: each entry takes
-/// at least `min_entry_bytes`. yrs reserves memory for the count it reads before reading the
-/// entries, so an 8-byte state vector claiming 2^30 entries made the server touch a gigabyte
-/// (found by the `protocol_decode` fuzzer); this refuses such a count first.
-pub(crate) fn check_count(bytes: &[u8], min_entry_bytes: usize) -> Result<(), String> {
-    let mut cursor = Cursor::new(bytes);
-    let count: u64 = cursor.read_var().map_err(|error| error.to_string())?;
-    let remaining = (bytes.len() - cursor.next) as u64;
-    if count.saturating_mul(min_entry_bytes as u64) > remaining {
-        return Err(format!("{count} entries cannot fit in {remaining} bytes"));
-    }
-    Ok(())
-}
-
 /// Decodes a v1 update from untrusted bytes (a client or the disk) into something yrs can
-/// safely apply: the leading count is checked first (see [`check_count`]; each client takes at
-/// least three bytes), decoding panics become errors, and the update must survive a
-/// re-encoding. yrs 0.28 accepts some updates whose parts it cannot re-encode; kept pending,
+/// safely apply: the whole encoding is checked first (see [`validate::update_v1`]: no count
+/// yrs would reserve memory for exceeds the bytes present, `Any` values nest boundedly),
+/// decoding panics become errors, and the update must survive a re-encoding. yrs 0.28 accepts some updates whose parts it cannot re-encode; kept pending,
 /// they made every later sync reply, compaction and JSON view of the room panic (fuzzer
 /// findings `pending-update-breaks-sync-step2` from a client and
 /// `pending-log-entry-breaks-encoding` from a corrupt store).
 pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
-    check_count(bytes, 3)?;
+    validate::update_v1(bytes).map_err(|error| error.to_string())?;
     let update = decode_untrusted(|| Update::decode_v1(bytes))?;
     decode_untrusted(|| Update::decode_v1(&update.encode_v1()))
         .map_err(|_| "the update does not re-encode".to_owned())?;
     Ok(update)
 }
 
-/// Runs a yrs decoder over untrusted bytes, turning a panic into an error. yrs asserts (in
-/// debug builds) that client IDs fit in 53 bits, so a hostile ID would otherwise panic the
-/// session; release builds of yrs truncate such an ID to 53 bits instead.
+/// Runs a yrs decoder over untrusted bytes, turning a panic into an error. The encodings are
+/// validated first, which refuses everything known to make yrs's decoders panic (client IDs of
+/// 2^53 and above, clocks and delete ranges past `u32::MAX`, over-long `Any` integers); this is
+/// the second line, so that a panic the validator does not foresee ends one message, not the
+/// session's thread.
 pub(crate) fn decode_untrusted<T, E: std::fmt::Display>(
     decode: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("client ID out of range".to_owned()),
+        Err(_) => Err("yrs panicked while decoding".to_owned()),
     }
 }
 

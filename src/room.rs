@@ -447,8 +447,9 @@ impl Room {
         payload: &[u8],
         controlled: &mut HashSet<ClientID>,
     ) -> Result<(), ApplyError> {
-        // Each awareness entry takes at least three bytes (client, clock, state length).
-        protocol::check_count(payload, 3).map_err(ApplyError::InvalidAwareness)?;
+        // Checked before yrs reserves memory for the number of states it announces.
+        protocol::validate::awareness_update(payload)
+            .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
         let update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
             .map_err(ApplyError::InvalidAwareness)?;
         // Removing a state bumps its clock; at u32::MAX that overflows (fuzzer finding
