@@ -66,18 +66,16 @@ impl SledStore {
     /// process opening it fails instead of corrupting it. sled's own background flusher is off:
     /// the server flushes on its `--flush-ms` timer, which it can time and order with shutdown.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
-        let docs = db.open_tree(TREE)?;
-        Ok(SledStore {
-            db,
-            docs,
-            flushing: Arc::default(),
-        })
+        Self::on(sled::Config::new().path(dir).flush_every_ms(None))
     }
 
     /// Opens a store that lives in a temporary directory removed on drop (benches, unit tests).
     pub fn temporary() -> Result<Self, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
+        Self::on(sled::Config::new().temporary(true))
+    }
+
+    fn on(config: sled::Config) -> Result<Self, StoreError> {
+        let db = config.open()?;
         let docs = db.open_tree(TREE)?;
         Ok(SledStore {
             db,
