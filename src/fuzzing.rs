@@ -149,6 +149,9 @@ pub fn session_frames(data: &[u8]) {
         if member.peer.handle_frame(frame).is_err() {
             member = member.rejoin(&room, access);
         }
+        // A pending update is in the room's encodings but not in its log (see
+        // `check_dependencies` in `room.rs`).
+        assert!(!room.has_pending_changes(), "the room holds a pending update");
     }
     member.leave(&room);
     room.write_log().expect("writing to a temporary store");

@@ -162,7 +162,7 @@ impl Peer {
             .inc_by(update.len() as u64);
         match self.room.apply_update(update) {
             Ok(_) => Ok(None),
-            Err(error @ ApplyError::MissingPredecessors { .. }) => {
+            Err(error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. })) => {
                 tracing::debug!(%error, "update refused until the client resyncs");
                 self.metrics.reject("missing_predecessors");
                 let resync = resync_on_gap && !std::mem::replace(&mut self.resync_requested, true);
@@ -194,7 +194,7 @@ impl Peer {
                 Refusal::new(close_code::INTERNAL_ERROR, "storage failed")
             }
             // Handled in `apply_update`; awareness never reports it.
-            ApplyError::MissingPredecessors { .. } => {
+            ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. } => {
                 Refusal::new(close_code::INTERNAL_ERROR, error.to_string())
             }
         }

@@ -121,19 +121,55 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
     }
 }
 
+/// An update decoded from untrusted bytes, with what its items depend on.
+#[derive(Debug)]
+pub(crate) struct DecodedUpdate {
+    pub update: Update,
+    /// Per client, the clock the document must have reached for this update to integrate at
+    /// once: the highest clock, plus one, of any other client's item that one of its items
+    /// refers to (as origin or parent) or that its delete set covers.
+    pub needs: Vec<(u64, u64)>,
+}
+
 /// Decodes a v1 update from untrusted bytes (a client or the disk) into something yrs can
 /// safely apply: the whole encoding is checked first (see [`validate::update_v1`]: no count
 /// yrs would reserve memory for exceeds the bytes present, `Any` values nest boundedly),
-/// decoding panics become errors, and the update must survive a re-encoding. yrs 0.28 accepts some updates whose parts it cannot re-encode; kept pending,
-/// they made every later sync reply, compaction and JSON view of the room panic (fuzzer
-/// findings `pending-update-breaks-sync-step2` from a client and
-/// `pending-log-entry-breaks-encoding` from a corrupt store).
-pub(crate) fn decode_update(bytes: &[u8]) -> Result<Update, String> {
-    validate::update_v1(bytes).map_err(|error| error.to_string())?;
+/// decoding panics become errors, and the update must survive a re-encoding. yrs 0.28
+/// accepts some updates whose parts it cannot re-encode; kept pending, they made every later
+/// sync reply, compaction and JSON view of the room panic (fuzzer findings
+/// `pending-update-breaks-sync-step2` from a client and `pending-log-entry-breaks-encoding`
+/// from a corrupt store).
+///
+/// An item that refers to a later change of its own client can never integrate, and is
+/// refused here; what it needs from other clients is returned for the room to check against
+/// its state (`Room::apply_update`).
+pub(crate) fn decode_update(bytes: &[u8]) -> Result<DecodedUpdate, String> {
+    let mut needs: Vec<(u64, u64)> = Vec::new();
+    let mut refers_ahead = None;
+    validate::update_v1_with_references(bytes, |from, (client, clock)| {
+        let needed = u64::from(clock) + 1;
+        match from {
+            Some((from_client, from_clock)) if from_client == client => {
+                if clock >= from_clock {
+                    refers_ahead.get_or_insert((client, from_clock, clock));
+                }
+            }
+            _ => match needs.iter_mut().find(|(known, _)| *known == client) {
+                Some((_, end)) => *end = (*end).max(needed),
+                None => needs.push((client, needed)),
+            },
+        }
+    })
+    .map_err(|error| error.to_string())?;
+    if let Some((client, from, to)) = refers_ahead {
+        return Err(format!(
+            "client {client}'s item at clock {from} refers to its own later clock {to}"
+        ));
+    }
     let update = decode_untrusted(|| Update::decode_v1(bytes))?;
     decode_untrusted(|| Update::decode_v1(&update.encode_v1()))
         .map_err(|_| "the update does not re-encode".to_owned())?;
-    Ok(update)
+    Ok(DecodedUpdate { update, needs })
 }
 
 /// Runs a yrs decoder over untrusted bytes, turning a panic into an error. The encodings are

@@ -23,7 +23,7 @@ use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
-use crate::protocol;
+use crate::protocol::{self, DecodedUpdate};
 use crate::queue;
 use crate::store::DocStore;
 use crate::webhooks::{ChangeFlag, Webhooks};
@@ -241,9 +241,9 @@ impl Room {
             for (offset, bytes) in batch.iter().enumerate() {
                 log_bytes += bytes.len() as u64;
                 let applied = protocol::decode_update(bytes).and_then(|update| {
-                    check_contiguous(&update, &txn.state_vector())
+                    check_dependencies(&update, &txn.state_vector())
                         .map_err(|error| error.to_string())?;
-                    txn.apply_update(update).map_err(|error| error.to_string())
+                    txn.apply_update(update.update).map_err(|error| error.to_string())
                 });
                 if let Err(error) = applied {
                     let index = batch_index * LOAD_BATCH + offset;
@@ -377,8 +377,8 @@ impl Room {
         }
         let delta = {
             let mut txn = state.awareness.doc().transact_mut();
-            check_contiguous(&decoded, &txn.state_vector())?;
-            txn.apply_update(decoded)
+            check_dependencies(&decoded, &txn.state_vector())?;
+            txn.apply_update(decoded.update)
                 .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
             txn.encode_update_v1()
         };
@@ -634,6 +634,12 @@ impl Room {
         }
     }
 
+    /// Whether yrs holds changes back until what they depend on arrives. ycord refuses such
+    /// updates (see `check_dependencies`), so this stays false; the fuzzer checks that it does.
+    pub fn has_pending_changes(&self) -> bool {
+        self.state().awareness.doc().transact().has_missing_updates()
+    }
+
     /// The top-level shared types as JSON: text as a string, maps as objects, arrays as arrays,
     /// XML as its string form. Root types the server never declared have no type in the
     /// document (Yjs does not send it); it is inferred from their content, on a scratch copy
@@ -762,9 +768,20 @@ fn sync_step1_of(state: &RoomState) -> Bytes {
 /// the kept piece still points at; finding `asan-heap-use-after-free-in-update-exclude`).
 /// With this check no skip is ever created. Overlapping resends (SyncStep2 after a
 /// reconnect, merged updates, duplicates) start at or before the document's clock and pass.
+///
+/// It also refuses an update whose items refer to (as origin or parent), or whose delete set
+/// covers, another client's change that neither the document nor the update holds. Yjs and
+/// yrs keep such an update pending, outside the state vector and the transaction's delta, so
+/// it would not be stored, yet yrs merges pending updates into every full encoding of the
+/// document: a compaction or a client's copy would hold it and a reload from the log would
+/// not (fuzzer finding `restart-loses-item-with-missing-parent`). Both refusals are answered
+/// like Yjs's pending state: the client is asked to resync, and its SyncStep2 carries what the
+/// room lacks.
+///
 /// `state` must be read from the transaction that applies the update.
-fn check_contiguous(update: &Update, state: &StateVector) -> Result<(), ApplyError> {
-    for (client, ranges) in update.insertions(true).iter() {
+fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<(), ApplyError> {
+    let insertions = decoded.update.insertions(true);
+    for (client, ranges) in insertions.iter() {
         let mut known = state.get(client);
         // An `IdSet`'s ranges are sorted by start and merged where they touch.
         for range in ranges.iter() {
@@ -776,6 +793,23 @@ fn check_contiguous(update: &Update, state: &StateVector) -> Result<(), ApplyErr
                 });
             }
             known = known.max(range.end);
+        }
+    }
+    for &(client, needed) in &decoded.needs {
+        let id = ClientID::new(client);
+        // The update's own insertions for the client are contiguous with the room's (checked
+        // above), so the document will have everything up to where they end.
+        let inserted = insertions
+            .iter()
+            .find(|(inserted, _)| **inserted == id)
+            .and_then(|(_, ranges)| ranges.iter().map(|range| range.end).max());
+        let known = state.get(&id).max(inserted.unwrap_or(0));
+        if needed > u64::from(known) {
+            return Err(ApplyError::MissingDependency {
+                client,
+                known,
+                needed,
+            });
         }
     }
     Ok(())
@@ -959,6 +993,104 @@ mod tests {
         ));
         assert_eq!(room.apply_update(&text_update).unwrap(), Applied::Changed);
         assert_eq!(text(&room), "hello w\u{3}d\0d");
+    }
+
+    /// Client 8 types after client 7's text, and deletes it: its updates depend on client 7's.
+    fn dependent_steps() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let first = Doc::with_client_id(7);
+        let root = first.get_or_insert_text("text");
+        let base = {
+            let mut txn = first.transact_mut();
+            root.insert(&mut txn, 0, "ab");
+            txn.encode_update_v1()
+        };
+        let second = Doc::with_client_id(8);
+        let root = second.get_or_insert_text("text");
+        second
+            .transact_mut()
+            .apply_update(Update::decode_v1(&base).unwrap())
+            .unwrap();
+        let mut steps = Vec::new();
+        for edit in [true, false] {
+            let mut txn = second.transact_mut();
+            if edit {
+                root.insert(&mut txn, 1, "X");
+            } else {
+                root.remove_range(&mut txn, 0, 1);
+            }
+            steps.push(txn.encode_update_v1());
+        }
+        (base, steps.remove(0), steps.remove(0))
+    }
+
+    #[test]
+    fn an_update_that_depends_on_missing_changes_is_refused_until_they_arrive() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        let (base, insert_after, delete) = dependent_steps();
+        for dependent in [&insert_after, &delete] {
+            let error = room.apply_update(dependent).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    ApplyError::MissingDependency {
+                        client: 7,
+                        known: 0,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
+        assert_eq!(room.encode_state(), EMPTY_UPDATE, "nothing is held pending");
+        assert_eq!(room.apply_update(&base).unwrap(), Applied::Changed);
+        assert_eq!(room.apply_update(&insert_after).unwrap(), Applied::Changed);
+        assert_eq!(room.apply_update(&delete).unwrap(), Applied::Changed);
+        assert_eq!(text(&room), "Xb");
+        // What a dependent update needs may come in the same update.
+        let other = room_on(Arc::new(SledStore::temporary().unwrap()));
+        let merged = yrs::merge_updates_v1([base.as_slice(), insert_after.as_slice()]).unwrap();
+        assert_eq!(other.apply_update(&merged).unwrap(), Applied::Changed);
+        room.write_log().unwrap();
+        assert_eq!(text(&room_on(store)), "Xb");
+    }
+
+    /// The fuzzer finding `restart-loses-item-with-missing-parent`: client 1's clocks 0..18
+    /// as a GC block, then an item over 0..114 whose parent (client 0, clock 0) does not exist.
+    /// yrs kept the item pending, left it out of the delta that is stored, and put it in the
+    /// room's full encoding: the room in memory and the room reloaded disagreed.
+    #[test]
+    fn an_item_whose_parent_is_missing_is_not_held_pending() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        let gc = [1, 1, 1, 0, 0, 18, 0];
+        let orphan = [1, 1, 1, 0, 1, 0, 0, 0, 114, 1, 128, 18, 0, 113, 2];
+        assert_eq!(room.apply_update(&gc).unwrap(), Applied::Changed);
+        let error = room.apply_update(&orphan).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ApplyError::MissingDependency {
+                    client: 0,
+                    known: 0,
+                    needed: 1
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!room.has_pending_changes());
+        room.write_log().unwrap();
+        assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    #[test]
+    fn an_item_that_refers_to_its_own_clients_later_change_is_invalid() {
+        let room = room();
+        // Client 1's item at clock 0 whose origin is client 1's clock 5.
+        let ahead = [1, 1, 1, 0, 0x84, 1, 5, 1, b'a', 0];
+        let error = room.apply_update(&ahead).unwrap_err();
+        assert!(matches!(error, ApplyError::InvalidUpdate(_)), "{error:?}");
+        assert!(!room.has_pending_changes());
     }
 
     #[test]

@@ -103,9 +103,23 @@ const ANY_OBJECT: u8 = 118;
 const ANY_ARRAY: u8 = 117;
 const ANY_BUFFER: u8 = 116;
 
+/// An item's ID, or an ID an item refers to: `(client, clock)`.
+pub type Id = (u64, u32);
+
 /// Checks a v1 update (`Update::decode_v1`): `varUint clients`, then per client
 /// `varUint structs, varUint client, varUint clock, struct*`, then the delete set.
 pub fn update_v1(bytes: &[u8]) -> Result<(), EncodingError> {
+    update_v1_with_references(bytes, |_, _| {})
+}
+
+/// As [`update_v1`], calling `on_reference(Some(item), id)` for every ID an item refers to
+/// (its left and right origins, and its parent when that is an item), and
+/// `on_reference(None, id)` with the last ID of every delete-set range: what the update
+/// depends on (see `protocol::decode_update`).
+pub fn update_v1_with_references(
+    bytes: &[u8],
+    mut on_reference: impl FnMut(Option<Id>, Id),
+) -> Result<(), EncodingError> {
     let mut reader = Reader::new(bytes);
     // A client takes at least three bytes: its struct count, ID and clock.
     let clients = reader.count_u32(Count::Clients, 3)?;
@@ -113,18 +127,20 @@ pub fn update_v1(bytes: &[u8]) -> Result<(), EncodingError> {
         // A struct takes at least two bytes (a GC: info and length), and the client's ID and
         // clock follow the count.
         let structs = reader.count_u32(Count::Structs, 2)?;
-        reader.client()?;
+        let client = reader.client()?;
         let mut clock = reader.var_u32()?;
         for _ in 0..structs {
             let at = reader.at();
-            let len = block(&mut reader)?;
+            let len = block(&mut reader, &mut |reference| {
+                on_reference(Some((client, clock)), reference)
+            })?;
             // yrs adds every struct's length to the client's clock, the last one's too.
             clock = clock
                 .checked_add(len)
                 .ok_or(EncodingError::ClockOverflow { at })?;
         }
     }
-    delete_set(&mut reader)
+    delete_set(&mut reader, &mut |last| on_reference(None, last))
 }
 
 /// Checks a v1 state vector (`StateVector::decode_v1`): `varUint entries`, then per entry
@@ -156,8 +172,11 @@ pub fn awareness_update(bytes: &[u8]) -> Result<(), EncodingError> {
 
 /// One struct (`Update::decode_block`), returning its length in clock ticks. The info byte
 /// is matched whole for GC and skip blocks; any other value is an item, whose content type is
-/// in its low four bits.
-fn block(reader: &mut Reader<'_>) -> Result<u32, EncodingError> {
+/// in its low four bits. Every ID an item refers to goes to `on_reference`.
+fn block(
+    reader: &mut Reader<'_>,
+    on_reference: &mut impl FnMut(Id),
+) -> Result<u32, EncodingError> {
     let at = reader.at();
     let info = reader.u8()?;
     match info {
@@ -172,10 +191,10 @@ fn block(reader: &mut Reader<'_>) -> Result<u32, EncodingError> {
             let has_origin = info & HAS_ORIGIN != 0;
             let has_right_origin = info & HAS_RIGHT_ORIGIN != 0;
             if has_origin {
-                reader.id()?;
+                on_reference(reader.id()?);
             }
             if has_right_origin {
-                reader.id()?;
+                on_reference(reader.id()?);
             }
             // Without origins the parent is written out: a root type's name when the parent
             // info is 1, else the ID of the item holding the parent type; then the map key.
@@ -183,7 +202,7 @@ fn block(reader: &mut Reader<'_>) -> Result<u32, EncodingError> {
                 if reader.var_u32()? == 1 {
                     reader.string()?;
                 } else {
-                    reader.id()?;
+                    on_reference(reader.id()?);
                 }
                 if info & HAS_PARENT_SUB != 0 {
                     reader.string()?;
@@ -295,11 +314,14 @@ fn any(reader: &mut Reader<'_>, depth: usize) -> Result<(), EncodingError> {
 
 /// The delete set (`IdSet::decode`): `varUint clients`, then per client `varUint client,
 /// varUint ranges, (varUint clock, varUint len)*`.
-fn delete_set(reader: &mut Reader<'_>) -> Result<(), EncodingError> {
+fn delete_set(
+    reader: &mut Reader<'_>,
+    on_range: &mut impl FnMut(Id),
+) -> Result<(), EncodingError> {
     // A client takes at least two bytes (its ID and range count), a range two (clock, length).
     let clients = reader.count_u32(Count::DeleteSetClients, 2)?;
     for _ in 0..clients {
-        reader.client()?;
+        let client = reader.client()?;
         let ranges = reader.count_u32(Count::DeleteRanges, 2)?;
         for _ in 0..ranges {
             let at = reader.at();
@@ -307,6 +329,9 @@ fn delete_set(reader: &mut Reader<'_>) -> Result<(), EncodingError> {
             let len = reader.var_u32()?;
             if clock.checked_add(len).is_none() {
                 return Err(EncodingError::RangeOverflow { clock, len, at });
+            }
+            if len > 0 {
+                on_range((client, clock + len - 1));
             }
         }
     }
@@ -412,9 +437,8 @@ impl<'a> Reader<'a> {
     }
 
     /// An item ID: client, then clock.
-    fn id(&mut self) -> Result<(), EncodingError> {
-        self.client()?;
-        self.var_u32().map(drop)
+    fn id(&mut self) -> Result<Id, EncodingError> {
+        Ok((self.client()?, self.var_u32()?))
     }
 
     /// Reads a `u32` count of entries taking at least `min_entry_bytes` each, and checks that

@@ -283,7 +283,7 @@ fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {
         Err(error @ ApplyError::DocumentTooLarge { .. }) => {
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string())
         }
-        Err(error @ ApplyError::MissingPredecessors { .. }) => {
+        Err(error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. })) => {
             json_error(StatusCode::CONFLICT, &error.to_string())
         }
         Err(ApplyError::RoomDeleted) => json_error(StatusCode::CONFLICT, "the room was deleted"),
