@@ -232,6 +232,7 @@ impl Room {
         }
         let doc = Doc::new();
         let mut log_bytes = 0;
+        let mut skipped = false;
         let records: Vec<&Vec<u8>> = stored.snapshot.iter().chain(stored.log.iter()).collect();
         // One transaction per batch: a yrs commit grows faster than linearly with its size
         // (measured: the 259,778-update automerge-paper log loads in 1.5 s as one transaction,
@@ -246,6 +247,7 @@ impl Room {
                     txn.apply_update(update.update).map_err(|error| error.to_string())
                 });
                 if let Err(error) = applied {
+                    skipped = true;
                     let index = batch_index * LOAD_BATCH + offset;
                     tracing::error!(room = %name, index, %error, "skipping undecodable stored update");
                 }
@@ -253,6 +255,14 @@ impl Room {
         }
         let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         log_bytes -= snapshot_bytes;
+        // A room just compacted holds exactly its snapshot, which is the full sync reply: the
+        // first joiner of a cold room need not wait for the document to be encoded again.
+        let full_sync_reply = match &stored.snapshot {
+            Some(snapshot) if stored.log.is_empty() && stored.corrupt.is_empty() && !skipped => {
+                Some(protocol::encode_sync_step2(snapshot))
+            }
+            _ => None,
+        };
         Ok(Room {
             state: Mutex::new(RoomState {
                 awareness: Awareness::new(doc),
@@ -265,7 +275,7 @@ impl Room {
                 snapshot_bytes,
                 last_change_ms: stored.last_change_ms.unwrap_or(0),
                 deleted: false,
-                full_sync_reply: None,
+                full_sync_reply,
             }),
             name,
             store,
@@ -1091,6 +1101,23 @@ mod tests {
         let error = room.apply_update(&ahead).unwrap_err();
         assert!(matches!(error, ApplyError::InvalidUpdate(_)), "{error:?}");
         assert!(!room.has_pending_changes());
+    }
+
+    #[test]
+    fn a_compacted_room_answers_its_first_joiner_with_its_stored_snapshot() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        room.apply_update(&insert("cold")).unwrap();
+        room.compact().unwrap();
+        let reloaded = room_on(store.clone());
+        let snapshot = store.load("room").unwrap().snapshot.unwrap();
+        let primed = reloaded.state().full_sync_reply.clone();
+        assert_eq!(primed, Some(protocol::encode_sync_step2(&snapshot)));
+        assert_eq!(reloaded.sync_step2(&StateVector::default()), primed.unwrap());
+        // With log entries after the snapshot, the reply is encoded from the document.
+        reloaded.apply_update(&insert("more")).unwrap();
+        reloaded.write_log().unwrap();
+        assert_eq!(room_on(store).state().full_sync_reply, None);
     }
 
     #[test]
