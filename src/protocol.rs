@@ -19,7 +19,6 @@ use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{StateVector, Update};
 
 use crate::error::ProtocolError;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::error::{JoinError, StoreError};
 use crate::metrics::{Metrics, Reason};
@@ -40,6 +40,17 @@ pub struct Rooms {
     webhooks: Option<Webhooks>,
     /// Rooms in memory (slots holding `Loaded`).
     loaded_count: std::sync::atomic::AtomicUsize,
+    /// Room loads running at once (see [`max_concurrent_loads`]).
+    loads: Semaphore,
+}
+
+/// How many rooms may be loaded at once: twice the cores. A load is mostly CPU (decoding and
+/// integrating the document), so more at once only finish later together; each one runs on
+/// tokio's blocking pool, which starts a thread, with its stack and malloc arena, per load
+/// running. After a restart every client reconnects at once: 200 rooms loading at once
+/// started dozens of threads, which showed as ~5 KiB more per room in `ycord-bench idle`.
+fn max_concurrent_loads() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get()) * 2
 }
 
 /// Limits the registry enforces.
@@ -89,6 +100,7 @@ impl Rooms {
             metrics,
             webhooks,
             loaded_count: std::sync::atomic::AtomicUsize::new(0),
+            loads: Semaphore::new(max_concurrent_loads()),
         }
     }
 
@@ -215,9 +227,14 @@ impl Rooms {
         let name: Arc<str> = Arc::from(name);
         let store = self.store.clone();
         let config = self.config.clone();
-        let started = std::time::Instant::now();
         let metrics = self.metrics.clone();
         let webhooks = self.webhooks.clone();
+        let _permit = self
+            .loads
+            .acquire()
+            .await
+            .map_err(|error| StoreError::Task(error.to_string()))?;
+        let started = std::time::Instant::now();
         let room =
             tokio::task::spawn_blocking(move || Room::load(name, store, config, metrics, webhooks))
                 .await
@@ -365,5 +382,97 @@ impl Rooms {
         })
         .await
         .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{RoomStats, SledStore, StoredDoc};
+
+    /// A store whose loads take a while and count how many run at once.
+    struct SlowLoads {
+        inner: SledStore,
+        running: AtomicUsize,
+        most_at_once: AtomicUsize,
+    }
+
+    impl DocStore for SlowLoads {
+        fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+            let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(running, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.inner.load(room)
+        }
+        fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+            self.inner.append(room, seq, updates)
+        }
+        fn compact(&self, room: &str, state: &[u8], seq: u64, at: u64) -> Result<(), StoreError> {
+            self.inner.compact(room, state, seq, at)
+        }
+        fn delete(&self, room: &str) -> Result<(), StoreError> {
+            self.inner.delete(room)
+        }
+        fn flush(&self) -> Result<usize, StoreError> {
+            self.inner.flush()
+        }
+        fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
+            self.inner.stats(room)
+        }
+        fn rooms(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.rooms()
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk()
+        }
+        fn check_writable(&self) -> Result<(), StoreError> {
+            self.inner.check_writable()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconnect_storm_loads_a_bounded_number_of_rooms_at_once() {
+        let store = Arc::new(SlowLoads {
+            inner: SledStore::temporary().unwrap(),
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+        });
+        let config = RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        };
+        let limits = RoomLimits {
+            max_rooms: 1000,
+            max_connections_per_room: 10,
+        };
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config,
+            limits,
+            Arc::new(Metrics::new()),
+            None,
+        ));
+        let joins: Vec<_> = (0..40)
+            .map(|index| {
+                let rooms = rooms.clone();
+                tokio::spawn(async move { rooms.join(&format!("room-{index}")).await.is_ok() })
+            })
+            .collect();
+        for join in joins {
+            assert!(join.await.unwrap(), "every room loads");
+        }
+        assert_eq!(rooms.loaded_count(), 40);
+        let most = store.most_at_once.load(Ordering::SeqCst);
+        assert!(
+            (1..=max_concurrent_loads()).contains(&most),
+            "{most} loads ran at once"
+        );
     }
 }
