@@ -1,8 +1,10 @@
 //! `idle`: what rooms and idle connections cost the server in memory.
 //!
-//! Three samples of the server's resident memory (VmRSS): before anything, after M rooms were
-//! loaded (one connection each, one small edit each so that no room is empty), and after all N
-//! connections (the other N − M spread evenly over the rooms) were open and synced. The
+//! Four samples of the server's resident memory (VmRSS): before anything, after half and after
+//! all of M rooms were loaded (one connection each, one small edit each so that no room is
+//! empty), and after all N connections (the other N − M spread evenly over the rooms) were open
+//! and synced. A room's cost is the growth over the second half of the rooms, after the
+//! server's one-time costs were paid in the first. The
 //! connections are then held open (answering pings) for `--hold-secs`, and closed cleanly.
 
 use std::collections::BTreeMap;
@@ -115,23 +117,33 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport, BenchError> {
     let mut join_latency = Latencies::default();
     let mut failures = Vec::new();
     let mut no_echo = 0u64;
-    let loaded = open_all(
-        (0..args.rooms).collect(),
-        true,
-        &target,
-        args.concurrency,
-        &stop,
-        &counters,
-    )
-    .await;
-    for result in loaded {
-        match result {
-            Ok(opened) => {
-                join_latency.record(opened.join);
-                no_echo += u64::from(!opened.echoed);
-                holders.push(opened.holder);
+    // In two halves, sampled after each: the second half's growth is what a room costs once
+    // the server's one-time costs (sled's write buffers, worker and pool threads) are paid.
+    let half = args.rooms / 2;
+    let mut rss_half_rooms = None;
+    for rooms in [0..half, half..args.rooms] {
+        let loaded = open_all(
+            rooms.collect(),
+            true,
+            &target,
+            args.concurrency,
+            &stop,
+            &counters,
+        )
+        .await;
+        for result in loaded {
+            match result {
+                Ok(opened) => {
+                    join_latency.record(opened.join);
+                    no_echo += u64::from(!opened.echoed);
+                    holders.push(opened.holder);
+                }
+                Err(error) => failures.push(error.to_string()),
             }
-            Err(error) => failures.push(error.to_string()),
+        }
+        tokio::time::sleep(settle).await;
+        if rss_half_rooms.is_none() {
+            rss_half_rooms = Some(target.server_rss_kb()?);
         }
     }
     if holders.is_empty() {
@@ -144,7 +156,6 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport, BenchError> {
             ),
         });
     }
-    tokio::time::sleep(settle).await;
     let rss_rooms = target.server_rss_kb()?;
 
     // Phase 2: the other connections, spread evenly over the rooms.
@@ -227,10 +238,12 @@ pub async fn run(args: &IdleArgs) -> Result<IdleReport, BenchError> {
         rooms_without_echo: no_echo,
         join_latency: join_latency.summary(),
         rss_before_kb: rss_before,
+        rss_half_rooms_loaded_kb: rss_half_rooms.flatten(),
         rss_rooms_loaded_kb: rss_rooms,
         rss_all_connected_kb: rss_all,
         rss_after_close_kb: rss_after_close,
-        kb_per_room: delta(rss_rooms, rss_before, rooms),
+        kb_per_room: delta(rss_rooms, rss_half_rooms.flatten(), rooms - u64::from(half)),
+        kb_per_room_from_start: delta(rss_rooms, rss_before, rooms),
         kb_per_connection: delta(rss_all, rss_rooms, extra),
         hold_secs: args.hold_secs,
         open_after_hold: still_open,
@@ -330,11 +343,16 @@ pub struct IdleReport {
     /// Connect to SyncStep2 applied, per connection.
     pub join_latency: LatencySummary,
     pub rss_before_kb: Option<u64>,
+    pub rss_half_rooms_loaded_kb: Option<u64>,
     pub rss_rooms_loaded_kb: Option<u64>,
     pub rss_all_connected_kb: Option<u64>,
     pub rss_after_close_kb: Option<u64>,
-    /// (RSS after the rooms were loaded − before) / rooms: a room with its first connection.
+    /// (RSS after all rooms were loaded − after the first half) / rooms in the second half: a
+    /// room with its first connection, once the server's one-time costs are paid.
     pub kb_per_room: Option<f64>,
+    /// (RSS after the rooms were loaded − before) / rooms: the same, one-time costs included
+    /// (spread over the rooms, so it shrinks as `--rooms` grows).
+    pub kb_per_room_from_start: Option<f64>,
     /// (RSS with all connections − RSS with one per room) / the extra connections.
     pub kb_per_connection: Option<f64>,
     pub hold_secs: f64,
@@ -367,6 +385,10 @@ impl Report for IdleReport {
         out += &format!("  all connected:      {}\n", mib(self.rss_all_connected_kb));
         out += &format!("  after closing:      {}\n", mib(self.rss_after_close_kb));
         out += &format!("  per room:           {}\n", per(self.kb_per_room));
+        out += &format!(
+            "  per room from start: {} (one-time costs included)\n",
+            per(self.kb_per_room_from_start)
+        );
         out += &format!("  per connection:     {}\n", per(self.kb_per_connection));
         out += &format!(
             "  held {} s: {} still open, closed by the server: {}\n",
