@@ -125,8 +125,8 @@ fn decode_message<'a>(cursor: &mut Cursor<'a>) -> Result<Inbound<'a>, ProtocolEr
 pub(crate) struct DecodedUpdate {
     pub update: Update,
     /// Per client, the clock the document must have reached for this update to integrate at
-    /// once: the highest clock, plus one, of any other client's item that one of its items
-    /// refers to (as origin or parent) or that its delete set covers.
+    /// once: one past the highest clock that one of its items refers to (as origin or parent,
+    /// on another client's changes) or that its delete set covers.
     pub needs: Vec<(u64, u64)>,
 }
 
