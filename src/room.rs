@@ -385,15 +385,21 @@ impl Room {
                 });
             }
         }
-        let delta = {
+        // yrs integrates an update's blocks one by one and may refuse one after others went in
+        // (an item whose parent is not a shared type): what went in is stored and broadcast
+        // like any change, so that the room in memory never holds what its log lacks (fuzzer
+        // finding `partly-applied-update-not-stored`), and the update is then refused.
+        let (delta, refusal) = {
             let mut txn = state.awareness.doc().transact_mut();
             check_dependencies(&decoded, &txn.state_vector())?;
-            txn.apply_update(decoded.update)
-                .map_err(|error| ApplyError::InvalidUpdate(error.to_string()))?;
-            txn.encode_update_v1()
+            let refusal = txn
+                .apply_update(decoded.update)
+                .err()
+                .map(|error| ApplyError::InvalidUpdate(error.to_string()));
+            (txn.encode_update_v1(), refusal)
         };
         if delta == EMPTY_UPDATE {
-            return Ok(Applied::Unchanged);
+            return refusal.map_or(Ok(Applied::Unchanged), Err);
         }
         state.full_sync_reply = None;
         state.last_change_ms = SystemClock.now();
@@ -430,7 +436,7 @@ impl Room {
         if let Some(webhooks) = &self.webhooks {
             webhooks.changed(self);
         }
-        Ok(Applied::Changed)
+        refusal.map_or(Ok(Applied::Changed), Err)
     }
 
     /// Writes the updates applied since the last write as one log entry. Blocking; the flusher
@@ -1089,6 +1095,27 @@ mod tests {
             "{error:?}"
         );
         assert!(!room.has_pending_changes());
+        room.write_log().unwrap();
+        assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    /// The fuzzer finding `partly-applied-update-not-stored`: yrs integrated client 2's first
+    /// six items, then refused the seventh (its parent is a map entry, not a shared type).
+    #[test]
+    fn what_yrs_integrated_of_a_refused_update_is_stored() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        let update = [
+            0x01, 0x07, 0x02, 0x00, 0x28, 0x01, 0x03, 0x6d, 0x61, 0x70, 0x03, 0x6b, 0x65, 0x79,
+            0x01, 0x77, 0x05, 0x76, 0x61, 0x6c, 0x75, 0x65, 0x28, 0x01, 0x03, 0x6d, 0x71, 0x70,
+            0x01, 0x6e, 0x01, 0x7d, 0x2a, 0x08, 0x01, 0x05, 0x61, 0x72, 0x72, 0x61, 0x79, 0x01,
+            0x7d, 0x01, 0x87, 0x02, 0x02, 0x00, 0x08, 0x00, 0x02, 0x03, 0x01, 0x77, 0x06, 0x7e,
+            0x65, 0x73, 0x74, 0x65, 0x64, 0x07, 0x01, 0x03, 0x78, 0x6d, 0x6c, 0x06, 0x04, 0x00,
+            0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let error = room.apply_update(&update).unwrap_err();
+        assert!(matches!(error, ApplyError::InvalidUpdate(_)), "{error:?}");
+        assert_ne!(room.encode_state(), EMPTY_UPDATE, "yrs integrated part of it");
         room.write_log().unwrap();
         assert_eq!(room_on(store).encode_state(), room.encode_state());
     }

@@ -333,7 +333,8 @@ fn delete_set(
             }
             // yrs holds even an empty range pending when it starts at or past the client's
             // clock (fuzzer finding `pending-empty-delete-range`).
-            on_range((client, clock + len.max(1) - 1));
+            // `clock + len` fits (checked above); an empty range may start at `u32::MAX`.
+            on_range((client, clock + (len.max(1) - 1)));
         }
     }
     // yrs ignores whatever follows the delete set, and so does Yjs.
@@ -796,6 +797,19 @@ mod tests {
             update_v1(&range),
             Err(EncodingError::RangeOverflow { .. })
         ));
+        // An empty range at the last clock fits, and is a reference to that clock.
+        let empty = concat(&[
+            &var(0),
+            &var(1),
+            &var(1),
+            &var(1),
+            &var(HUGE.into()),
+            &var(0),
+        ]);
+        let mut references = Vec::new();
+        update_v1_with_references(&empty, |from, to| references.push((from, to)))
+            .expect("an empty range at the last clock is valid");
+        assert_eq!(references, [(None, (1, HUGE))]);
         // Unknown tags and empty blocks.
         for (bytes, name) in [
             // Info 10 is a skip block; with another bit set, an item of content type 10.
