@@ -144,7 +144,11 @@ pub enum ApplyError {
         "the update refers to client {client}'s changes up to clock {needed}, but the document \
          has them only up to {known}"
     )]
-    MissingDependency { client: u64, known: u32, needed: u64 },
+    MissingDependency {
+        client: u64,
+        known: u32,
+        needed: u64,
+    },
     #[error("the document would grow past its {limit}-byte limit")]
     DocumentTooLarge { limit: u64 },
     #[error("storage failed: {0}")]

@@ -151,7 +151,10 @@ pub fn session_frames(data: &[u8]) {
         }
         // A pending update is in the room's encodings but not in its log (see
         // `check_dependencies` in `room.rs`).
-        assert!(!room.has_pending_changes(), "the room holds a pending update");
+        assert!(
+            !room.has_pending_changes(),
+            "the room holds a pending update"
+        );
     }
     member.leave(&room);
     room.write_log().expect("writing to a temporary store");

@@ -162,7 +162,10 @@ impl Peer {
             .inc_by(update.len() as u64);
         match self.room.apply_update(update) {
             Ok(_) => Ok(None),
-            Err(error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. })) => {
+            Err(
+                error @ (ApplyError::MissingPredecessors { .. }
+                | ApplyError::MissingDependency { .. }),
+            ) => {
                 tracing::debug!(%error, "update refused until the client resyncs");
                 self.metrics.reject("missing_predecessors");
                 let resync = resync_on_gap && !std::mem::replace(&mut self.resync_requested, true);

@@ -244,7 +244,8 @@ impl Room {
                 let applied = protocol::decode_update(bytes).and_then(|update| {
                     check_dependencies(&update, &txn.state_vector())
                         .map_err(|error| error.to_string())?;
-                    txn.apply_update(update.update).map_err(|error| error.to_string())
+                    txn.apply_update(update.update)
+                        .map_err(|error| error.to_string())
                 });
                 if let Err(error) = applied {
                     skipped = true;
@@ -653,7 +654,11 @@ impl Room {
     /// Whether yrs holds changes back until what they depend on arrives. ycord refuses such
     /// updates (see `check_dependencies`), so this stays false; the fuzzer checks that it does.
     pub fn has_pending_changes(&self) -> bool {
-        self.state().awareness.doc().transact().has_missing_updates()
+        self.state()
+            .awareness
+            .doc()
+            .transact()
+            .has_missing_updates()
     }
 
     /// The top-level shared types as JSON: text as a string, maps as objects, arrays as arrays,
@@ -1115,7 +1120,11 @@ mod tests {
         ];
         let error = room.apply_update(&update).unwrap_err();
         assert!(matches!(error, ApplyError::InvalidUpdate(_)), "{error:?}");
-        assert_ne!(room.encode_state(), EMPTY_UPDATE, "yrs integrated part of it");
+        assert_ne!(
+            room.encode_state(),
+            EMPTY_UPDATE,
+            "yrs integrated part of it"
+        );
         room.write_log().unwrap();
         assert_eq!(room_on(store).encode_state(), room.encode_state());
     }
@@ -1140,7 +1149,10 @@ mod tests {
         let snapshot = store.load("room").unwrap().snapshot.unwrap();
         let primed = reloaded.state().full_sync_reply.clone();
         assert_eq!(primed, Some(protocol::encode_sync_step2(&snapshot)));
-        assert_eq!(reloaded.sync_step2(&StateVector::default()), primed.unwrap());
+        assert_eq!(
+            reloaded.sync_step2(&StateVector::default()),
+            primed.unwrap()
+        );
         // With log entries after the snapshot, the reply is encoded from the document.
         reloaded.apply_update(&insert("more")).unwrap();
         reloaded.write_log().unwrap();

@@ -174,10 +174,7 @@ pub fn awareness_update(bytes: &[u8]) -> Result<(), EncodingError> {
 /// One struct (`Update::decode_block`), returning its length in clock ticks. The info byte
 /// is matched whole for GC and skip blocks; any other value is an item, whose content type is
 /// in its low four bits. Every ID an item refers to goes to `on_reference`.
-fn block(
-    reader: &mut Reader<'_>,
-    on_reference: &mut impl FnMut(Id),
-) -> Result<u32, EncodingError> {
+fn block(reader: &mut Reader<'_>, on_reference: &mut impl FnMut(Id)) -> Result<u32, EncodingError> {
     let at = reader.at();
     let info = reader.u8()?;
     match info {
@@ -315,10 +312,7 @@ fn any(reader: &mut Reader<'_>, depth: usize) -> Result<(), EncodingError> {
 
 /// The delete set (`IdSet::decode`): `varUint clients`, then per client `varUint client,
 /// varUint ranges, (varUint clock, varUint len)*`.
-fn delete_set(
-    reader: &mut Reader<'_>,
-    on_range: &mut impl FnMut(Id),
-) -> Result<(), EncodingError> {
+fn delete_set(reader: &mut Reader<'_>, on_range: &mut impl FnMut(Id)) -> Result<(), EncodingError> {
     // A client takes at least two bytes (its ID and range count), a range two (clock, length).
     let clients = reader.count_u32(Count::DeleteSetClients, 2)?;
     for _ in 0..clients {

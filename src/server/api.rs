@@ -283,9 +283,9 @@ fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {
         Err(error @ ApplyError::DocumentTooLarge { .. }) => {
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string())
         }
-        Err(error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. })) => {
-            json_error(StatusCode::CONFLICT, &error.to_string())
-        }
+        Err(
+            error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. }),
+        ) => json_error(StatusCode::CONFLICT, &error.to_string()),
         Err(ApplyError::RoomDeleted) => json_error(StatusCode::CONFLICT, "the room was deleted"),
         Err(error @ ApplyError::Store(_)) => {
             tracing::error!(%error, "API update failed");
