@@ -19,7 +19,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::time::{Clock, SystemClock};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
 use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
@@ -244,8 +244,12 @@ impl Room {
                 let applied = protocol::decode_update(bytes).and_then(|update| {
                     check_dependencies(&update, &txn.state_vector())
                         .map_err(|error| error.to_string())?;
-                    txn.apply_update(update.update)
-                        .map_err(|error| error.to_string())
+                    let applied = txn.apply_update(update.update);
+                    match (applied, drop_pending(&mut txn)) {
+                        (Err(error), _) => Err(error.to_string()),
+                        (Ok(()), Some(held)) => Err(held.to_string()),
+                        (Ok(()), None) => Ok(()),
+                    }
                 });
                 if let Err(error) = applied {
                     skipped = true;
@@ -397,6 +401,8 @@ impl Room {
                 .apply_update(decoded.update)
                 .err()
                 .map(|error| ApplyError::InvalidUpdate(error.to_string()));
+            let held = drop_pending(&mut txn);
+            let refusal = refusal.or(held);
             (txn.encode_update_v1(), refusal)
         };
         if delta == EMPTY_UPDATE {
@@ -652,7 +658,8 @@ impl Room {
     }
 
     /// Whether yrs holds changes back until what they depend on arrives. ycord refuses such
-    /// updates (see `check_dependencies`), so this stays false; the fuzzer checks that it does.
+    /// updates (see `check_dependencies`) and drops what yrs holds anyway (`drop_pending`), so
+    /// this stays false; the fuzzer checks that it does.
     pub fn has_pending_changes(&self) -> bool {
         self.state()
             .awareness
@@ -834,6 +841,34 @@ fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Drops what yrs could not integrate of an update and holds pending, and says what it waited
+/// for. [`check_dependencies`] refuses an update that refers to changes neither the document nor
+/// the update holds, but not items of several clients that depend on each other in a cycle:
+/// none of them can integrate first. Held pending, they would be in every full encoding of the
+/// room and not in its log; dropped, the client is asked to resync like for a missing change.
+fn drop_pending(txn: &mut TransactionMut) -> Option<ApplyError> {
+    if !txn.has_missing_updates() {
+        return None;
+    }
+    let store = txn.store();
+    // The first clock the held blocks wait for, or else the first range of a held delete set.
+    let waits_for = store
+        .pending_update()
+        .and_then(|pending| pending.missing.iter().next().map(|(c, clock)| (*c, *clock)))
+        .or_else(|| {
+            let (client, ranges) = store.pending_ds()?.iter().next()?;
+            Some((*client, ranges.iter().next()?.end))
+        });
+    let (client, needed) = waits_for.unwrap_or((ClientID::new(0), 0));
+    let known = txn.state_vector().get(&client);
+    txn.prune_pending();
+    Some(ApplyError::MissingDependency {
+        client: client.get(),
+        known,
+        needed: needed.into(),
+    })
 }
 
 /// Takes the room's unwritten updates, numbered as the next log entry, if there are any.
@@ -1127,6 +1162,61 @@ mod tests {
         );
         room.write_log().unwrap();
         assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    /// Items that depend on each other in a cycle across clients: client 1's clock 0 follows
+    /// client 2's clock 0, which follows client 1's clock 1. They pass the dependency check
+    /// (everything they refer to is in the update) but none of them can integrate first.
+    const CYCLE: &[u8] = &[
+        2, // clients
+        2, 1, 0, // two structs of client 1 from clock 0
+        0x84, 2, 0, 1, b'x', // string item, origin (2, 0)
+        0x84, 1, 0, 1, b'y', // string item, origin (1, 0)
+        1, 2, 0, // one struct of client 2 from clock 0
+        0x84, 1, 1, 1, b'z', // string item, origin (1, 1)
+        0,    // no deletions
+    ];
+
+    /// yrs would hold the cycle pending: in every full encoding of the room, not in its log.
+    #[test]
+    fn items_that_depend_on_each_other_in_a_cycle_are_not_held_pending() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        assert_eq!(
+            room.apply_update(&insert("kept")).unwrap(),
+            Applied::Changed
+        );
+        let before = text(&room);
+        let error = room.apply_update(CYCLE).unwrap_err();
+        assert!(
+            matches!(error, ApplyError::MissingDependency { .. }),
+            "{error:?}"
+        );
+        assert!(!room.has_pending_changes());
+        assert_eq!(text(&room), before);
+        room.write_log().unwrap();
+        assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    /// A log written before the room refused such updates may hold one: loading skips it and
+    /// keeps the rest.
+    #[test]
+    fn a_stored_update_yrs_would_hold_pending_is_skipped_on_load() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let updates = [insert("first "), CYCLE.to_vec(), insert("second ")];
+        for (seq, update) in updates.into_iter().enumerate() {
+            store
+                .append("room", seq as u64, &[Bytes::from(update)])
+                .unwrap();
+        }
+        let room = room_on(store);
+        assert!(!room.has_pending_changes());
+        let text = text(&room).as_str().unwrap().to_owned();
+        assert!(
+            text.contains("first ") && text.contains("second "),
+            "{text}"
+        );
+        assert!(!text.contains('x'), "{text}");
     }
 
     #[test]
