@@ -19,7 +19,9 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::time::{Clock, SystemClock};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
+use yrs::{
+    ClientID, Doc, ID, IdSet, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn,
+};
 
 use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
@@ -213,6 +215,13 @@ impl std::fmt::Debug for Room {
         f.debug_struct("Room")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// See [`release_subdocuments`].
+impl Drop for Room {
+    fn drop(&mut self) {
+        release_subdocuments(self.state().awareness.doc());
     }
 }
 
@@ -709,6 +718,7 @@ impl Room {
                 serde_json::to_value(any).unwrap_or(serde_json::Value::Null),
             );
         }
+        release_subdocuments(&copy);
         serde_json::Value::Object(roots)
     }
 
@@ -871,6 +881,30 @@ fn drop_pending(txn: &mut TransactionMut) -> Option<ApplyError> {
     })
 }
 
+/// Breaks the reference cycle through which yrs 0.28 keeps a document that holds a
+/// subdocument alive forever (fuzzer finding `leak-subdocument-room-never-freed`): integrating
+/// a subdocument item stores a strong clone of the *parent* document in the item's content.
+/// Deleting every item makes yrs' garbage collection replace each item's content, that clone
+/// included. For a document about to be dropped only, as it empties it; nothing is stored or
+/// sent.
+pub fn release_subdocuments(doc: &Doc) {
+    let mut txn = doc.transact_mut();
+    if txn.subdocs().next().is_none() {
+        return;
+    }
+    let mut everything = IdSet::new();
+    for (client, clock) in txn.state_vector().iter() {
+        everything.insert(ID::new(*client, 0), *clock);
+    }
+    // A v1 update of no structs (a zero client count) and that delete set.
+    let mut update = vec![0];
+    update.extend(everything.encode_v1());
+    match Update::decode_v1(&update).map(|update| txn.apply_update(update)) {
+        Ok(Ok(())) => {}
+        error => tracing::warn!(?error, "could not release a document's subdocuments"),
+    }
+}
+
 /// Takes the room's unwritten updates, numbered as the next log entry, if there are any.
 fn take_unwritten(state: &mut RoomState) -> Option<(u64, Vec<Bytes>)> {
     if state.unwritten.is_empty() {
@@ -930,7 +964,7 @@ fn full_awareness(awareness: &Awareness) -> Option<Bytes> {
 mod tests {
     use super::*;
     use crate::store::SledStore;
-    use yrs::Text;
+    use yrs::{Map, Text};
 
     fn room() -> Arc<Room> {
         room_on(Arc::new(SledStore::temporary().unwrap()))
@@ -1217,6 +1251,56 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('x'), "{text}");
+    }
+
+    /// Sets its flag when dropped: with a document, only once the document is freed.
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether `doc` is freed once its last handle is dropped (observers live in its store).
+    fn freed_when_dropped(doc: Doc) -> bool {
+        let freed = Arc::new(AtomicBool::new(false));
+        let guard = SetOnDrop(freed.clone());
+        doc.observe_update_v1("freed", move |_, _| {
+            let _ = &guard;
+        })
+        .unwrap();
+        drop(doc);
+        freed.load(Ordering::SeqCst)
+    }
+
+    /// The fuzzer finding `leak-subdocument-room-never-freed`: yrs kept a document that
+    /// integrated a subdocument alive forever, so every unload of such a room leaked it.
+    #[test]
+    fn a_room_holding_a_subdocument_is_freed_when_unloaded() {
+        let source = Doc::new();
+        let update = {
+            let docs = source.get_or_insert_map("docs");
+            let mut txn = source.transact_mut();
+            docs.insert(&mut txn, "child", Doc::new());
+            txn.encode_update_v1()
+        };
+        release_subdocuments(&source);
+        let leaky = Doc::new();
+        leaky
+            .transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+        assert!(
+            !freed_when_dropped(leaky),
+            "yrs no longer leaks: drop the workaround"
+        );
+
+        let room = room();
+        assert_eq!(room.apply_update(&update).unwrap(), Applied::Changed);
+        let doc = room.state().awareness.doc().clone();
+        drop(room);
+        assert!(freed_when_dropped(doc));
     }
 
     #[test]

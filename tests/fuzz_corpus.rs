@@ -203,8 +203,8 @@ fn structured_edit() -> Vec<u8> {
 /// and arrays, a buffer, a float, a big integer, an embed and an XML element with an attribute
 /// (under 255 bytes, to fit one `session_frames` record). Every object has one key: yrs writes
 /// `Any` objects in hash order, and seeds must be deterministic. No subdocument, for the same
-/// reason (its options are such an object) and because a room holding one leaks under
-/// LeakSanitizer (`fuzz/findings/README.md`), which would report every run at its first seed.
+/// reason (its options are such an object); `regression-leak-subdocument-room-never-freed`
+/// holds one.
 fn every_content_edit() -> Vec<u8> {
     use yrs::{Any, Xml, XmlElementPrelim};
     let update = Client::new(4).edit(|_, txn| {
