@@ -222,7 +222,6 @@ fn state_vector(room: &Room) -> Vec<(u64, u32)> {
         .filter(|(_, clock)| **clock > 0)
         .map(|(client, clock)| (client.get(), *clock))
         .collect();
-    crate::room::release_subdocuments(&doc);
     clocks.sort_unstable();
     clocks
 }

@@ -128,6 +128,8 @@ pub(crate) struct DecodedUpdate {
     /// once: one past the highest clock that one of its items refers to (as origin or parent,
     /// on another client's changes) or that its delete set covers.
     pub needs: Vec<(u64, u64)>,
+    /// Whether some item's content is a subdocument (see `Room::apply_update`).
+    pub has_subdocuments: bool,
 }
 
 /// Decodes a v1 update from untrusted bytes (a client or the disk) into something yrs can
@@ -146,20 +148,25 @@ pub(crate) struct DecodedUpdate {
 pub(crate) fn decode_update(bytes: &[u8]) -> Result<DecodedUpdate, String> {
     let mut needs: Vec<(u64, u64)> = Vec::new();
     let mut refers_ahead = None;
-    validate::update_v1_with_references(bytes, |from, (client, clock)| {
-        let needed = u64::from(clock) + 1;
-        match from {
-            Some((from_client, from_clock)) if from_client == client => {
-                if clock >= from_clock {
-                    refers_ahead.get_or_insert((client, from_clock, clock));
+    let mut has_subdocuments = false;
+    validate::update_v1_with_references(
+        bytes,
+        |from, (client, clock)| {
+            let needed = u64::from(clock) + 1;
+            match from {
+                Some((from_client, from_clock)) if from_client == client => {
+                    if clock >= from_clock {
+                        refers_ahead.get_or_insert((client, from_clock, clock));
+                    }
                 }
+                _ => match needs.iter_mut().find(|(known, _)| *known == client) {
+                    Some((_, end)) => *end = (*end).max(needed),
+                    None => needs.push((client, needed)),
+                },
             }
-            _ => match needs.iter_mut().find(|(known, _)| *known == client) {
-                Some((_, end)) => *end = (*end).max(needed),
-                None => needs.push((client, needed)),
-            },
-        }
-    })
+        },
+        |_| has_subdocuments = true,
+    )
     .map_err(|error| error.to_string())?;
     if let Some((client, from, to)) = refers_ahead {
         return Err(format!(
@@ -167,7 +174,11 @@ pub(crate) fn decode_update(bytes: &[u8]) -> Result<DecodedUpdate, String> {
         ));
     }
     let update = decode_untrusted(|| Update::decode_v1(bytes))?;
-    Ok(DecodedUpdate { update, needs })
+    Ok(DecodedUpdate {
+        update,
+        needs,
+        has_subdocuments,
+    })
 }
 
 /// Runs a yrs decoder over untrusted bytes, turning a panic into an error. The encodings are

@@ -218,13 +218,6 @@ impl std::fmt::Debug for Room {
     }
 }
 
-/// See [`release_subdocuments`].
-impl Drop for Room {
-    fn drop(&mut self) {
-        release_subdocuments(self.state().awareness.doc());
-    }
-}
-
 impl Room {
     /// Loads a room from the store: the snapshot, then the log in order. Blocking; the registry
     /// calls it on the blocking pool. Corrupt records are logged and skipped.
@@ -267,12 +260,18 @@ impl Room {
                 }
             }
         }
+        let released = release_subdocuments(&doc);
+        if released {
+            tracing::warn!(room = %name, "removed subdocuments stored before they were refused");
+        }
         let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
         log_bytes -= snapshot_bytes;
         // A room just compacted holds exactly its snapshot, which is the full sync reply: the
         // first joiner of a cold room need not wait for the document to be encoded again.
         let full_sync_reply = match &stored.snapshot {
-            Some(snapshot) if stored.log.is_empty() && stored.corrupt.is_empty() && !skipped => {
+            Some(snapshot)
+                if stored.log.is_empty() && stored.corrupt.is_empty() && !skipped && !released =>
+            {
                 Some(protocol::encode_sync_step2(snapshot))
             }
             _ => None,
@@ -381,6 +380,9 @@ impl Room {
     /// echo is what y-websocket v4's sync status waits for). An invalid update changes nothing.
     pub fn apply_update(self: &Arc<Self>, update: &[u8]) -> Result<Applied, ApplyError> {
         let decoded = protocol::decode_update(update).map_err(ApplyError::InvalidUpdate)?;
+        if decoded.has_subdocuments {
+            return Err(ApplyError::InvalidUpdate(SUBDOCUMENTS_REFUSED.to_owned()));
+        }
         let mut state = self.state();
         if state.deleted {
             return Err(ApplyError::RoomDeleted);
@@ -718,7 +720,6 @@ impl Room {
                 serde_json::to_value(any).unwrap_or(serde_json::Value::Null),
             );
         }
-        release_subdocuments(&copy);
         serde_json::Value::Object(roots)
     }
 
@@ -853,6 +854,14 @@ fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<()
     Ok(())
 }
 
+/// Why an update holding a subdocument is refused. yrs 0.28.1 never frees a document that
+/// integrated one, and when the shared type holding one is deleted it frees the subdocument's
+/// item and then reads it (`Doc::destroy`, from the commit; valgrind reports the invalid
+/// read): any writer could leak memory or corrupt the heap. The editors ycord serves (Tiptap,
+/// Nextcloud Text) do not use subdocuments. See also [`release_subdocuments`].
+const SUBDOCUMENTS_REFUSED: &str =
+    "subdocuments are not supported (yrs 0.28 cannot delete or free them safely)";
+
 /// Drops what yrs could not integrate of an update and holds pending, and says what it waited
 /// for. [`check_dependencies`] refuses an update that refers to changes neither the document nor
 /// the update holds, but not items of several clients that depend on each other in a cycle:
@@ -881,28 +890,37 @@ fn drop_pending(txn: &mut TransactionMut) -> Option<ApplyError> {
     })
 }
 
-/// Breaks the reference cycle through which yrs 0.28 keeps a document that holds a
-/// subdocument alive forever (fuzzer finding `leak-subdocument-room-never-freed`): integrating
-/// a subdocument item stores a strong clone of the *parent* document in the item's content.
-/// Deleting every item makes yrs' garbage collection replace each item's content, that clone
-/// included. For a document about to be dropped only, as it empties it; nothing is stored or
-/// sent.
-pub fn release_subdocuments(doc: &Doc) {
+/// Deletes, in memory, the subdocuments of a document stored before rooms refused them (see
+/// [`SUBDOCUMENTS_REFUSED`]), and says whether there were any. yrs 0.28 never frees a document
+/// that integrated a subdocument (fuzzer finding `leak-subdocument-room-never-freed`: the item
+/// holds a strong clone of its parent document), and a client deleting the shared type that
+/// holds one would make yrs free the item and then read it. Deleting the subdocument items
+/// themselves is safe: yrs' garbage collection replaces their content, the parent clone with
+/// it. The deletions are not broadcast; clients learn them at their next sync, and the next
+/// compaction stores them.
+pub fn release_subdocuments(doc: &Doc) -> bool {
     let mut txn = doc.transact_mut();
     if txn.subdocs().next().is_none() {
-        return;
+        return false;
     }
-    let mut everything = IdSet::new();
-    for (client, clock) in txn.state_vector().iter() {
-        everything.insert(ID::new(*client, 0), *clock);
-    }
+    let state = txn.encode_state_as_update_v1(&StateVector::default());
+    let mut items = IdSet::new();
+    let walked = protocol::validate::update_v1_with_references(
+        &state,
+        |_, _| {},
+        |(client, clock)| items.insert(ID::new(ClientID::new(client), clock), 1),
+    );
     // A v1 update of no structs (a zero client count) and that delete set.
-    let mut update = vec![0];
-    update.extend(everything.encode_v1());
-    match Update::decode_v1(&update).map(|update| txn.apply_update(update)) {
-        Ok(Ok(())) => {}
-        error => tracing::warn!(?error, "could not release a document's subdocuments"),
+    let mut deletions = vec![0];
+    deletions.extend(items.encode_v1());
+    let released = walked
+        .map_err(|error| error.to_string())
+        .and_then(|()| Update::decode_v1(&deletions).map_err(|error| error.to_string()))
+        .and_then(|update| txn.apply_update(update).map_err(|error| error.to_string()));
+    if let Err(error) = released {
+        tracing::warn!(%error, "could not remove a document's subdocuments");
     }
+    true
 }
 
 /// Takes the room's unwritten updates, numbered as the next log entry, if there are any.
@@ -1274,18 +1292,37 @@ mod tests {
         freed.load(Ordering::SeqCst)
     }
 
-    /// The fuzzer finding `leak-subdocument-room-never-freed`: yrs kept a document that
-    /// integrated a subdocument alive forever, so every unload of such a room leaked it.
-    #[test]
-    fn a_room_holding_a_subdocument_is_freed_when_unloaded() {
+    /// An update that inserts a subdocument into a map nested in the root map `docs`.
+    fn nested_subdocument() -> Vec<u8> {
         let source = Doc::new();
+        let docs = source.get_or_insert_map("docs");
         let update = {
-            let docs = source.get_or_insert_map("docs");
             let mut txn = source.transact_mut();
-            docs.insert(&mut txn, "child", Doc::new());
+            let inner = docs.insert(&mut txn, "inner", yrs::MapPrelim::default());
+            inner.insert(&mut txn, "child", Doc::new());
             txn.encode_update_v1()
         };
         release_subdocuments(&source);
+        update
+    }
+
+    #[test]
+    fn an_update_holding_a_subdocument_is_refused() {
+        let room = room();
+        let error = room.apply_update(&nested_subdocument()).unwrap_err();
+        assert!(
+            matches!(&error, ApplyError::InvalidUpdate(reason) if reason == SUBDOCUMENTS_REFUSED),
+            "{error:?}"
+        );
+        assert_eq!(room.encode_state(), EMPTY_UPDATE);
+    }
+
+    /// The fuzzer finding `leak-subdocument-room-never-freed`: yrs kept a document that
+    /// integrated a subdocument alive forever, so every unload of such a room leaked it. Rooms
+    /// refuse subdocuments now; one stored before is removed when the room loads.
+    #[test]
+    fn a_stored_subdocument_is_removed_on_load_and_the_room_freed() {
+        let update = nested_subdocument();
         let leaky = Doc::new();
         leaky
             .transact_mut()
@@ -1296,8 +1333,10 @@ mod tests {
             "yrs no longer leaks: drop the workaround"
         );
 
-        let room = room();
-        assert_eq!(room.apply_update(&update).unwrap(), Applied::Changed);
+        let store = Arc::new(SledStore::temporary().unwrap());
+        store.append("room", 0, &[Bytes::from(update)]).unwrap();
+        let room = room_on(store);
+        assert_eq!(room.to_json()["docs"], serde_json::json!({"inner": {}}));
         let doc = room.state().awareness.doc().clone();
         drop(room);
         assert!(freed_when_dropped(doc));

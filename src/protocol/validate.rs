@@ -109,17 +109,19 @@ pub type Id = (u64, u32);
 /// Checks a v1 update (`Update::decode_v1`): `varUint clients`, then per client
 /// `varUint structs, varUint client, varUint clock, struct*`, then the delete set.
 pub fn update_v1(bytes: &[u8]) -> Result<(), EncodingError> {
-    update_v1_with_references(bytes, |_, _| {})
+    update_v1_with_references(bytes, |_, _| {}, |_| {})
 }
 
 /// As [`update_v1`], calling `on_reference(Some(item), id)` for every ID an item refers to
 /// (its left and right origins, and its parent when that is an item), and
 /// `on_reference(None, id)` with the last ID of every delete-set range (the first, for an
 /// empty one): what the update
-/// depends on (see `protocol::decode_update`).
+/// depends on (see `protocol::decode_update`). `on_subdocument(id)` is called for every item
+/// whose content is a subdocument.
 pub fn update_v1_with_references(
     bytes: &[u8],
     mut on_reference: impl FnMut(Option<Id>, Id),
+    mut on_subdocument: impl FnMut(Id),
 ) -> Result<(), EncodingError> {
     let mut reader = Reader::new(bytes);
     // A client takes at least three bytes: its struct count, ID and clock.
@@ -132,9 +134,12 @@ pub fn update_v1_with_references(
         let mut clock = reader.var_u32()?;
         for _ in 0..structs {
             let at = reader.at();
-            let len = block(&mut reader, &mut |reference| {
+            let (len, subdocument) = block(&mut reader, &mut |reference| {
                 on_reference(Some((client, clock)), reference)
             })?;
+            if subdocument {
+                on_subdocument((client, clock));
+            }
             // yrs adds every struct's length to the client's clock, the last one's too.
             clock = clock
                 .checked_add(len)
@@ -171,10 +176,14 @@ pub fn awareness_update(bytes: &[u8]) -> Result<(), EncodingError> {
     Ok(())
 }
 
-/// One struct (`Update::decode_block`), returning its length in clock ticks. The info byte
-/// is matched whole for GC and skip blocks; any other value is an item, whose content type is
-/// in its low four bits. Every ID an item refers to goes to `on_reference`.
-fn block(reader: &mut Reader<'_>, on_reference: &mut impl FnMut(Id)) -> Result<u32, EncodingError> {
+/// One struct (`Update::decode_block`), returning its length in clock ticks and whether it is
+/// an item holding a subdocument. The info byte is matched whole for GC and skip blocks; any
+/// other value is an item, whose content type is in its low four bits. Every ID an item refers
+/// to goes to `on_reference`.
+fn block(
+    reader: &mut Reader<'_>,
+    on_reference: &mut impl FnMut(Id),
+) -> Result<(u32, bool), EncodingError> {
     let at = reader.at();
     let info = reader.u8()?;
     match info {
@@ -183,7 +192,7 @@ fn block(reader: &mut Reader<'_>, on_reference: &mut impl FnMut(Id)) -> Result<u
             if len == 0 {
                 return Err(EncodingError::EmptyBlock { at });
             }
-            Ok(len)
+            Ok((len, false))
         }
         _ => {
             let has_origin = info & HAS_ORIGIN != 0;
@@ -206,7 +215,8 @@ fn block(reader: &mut Reader<'_>, on_reference: &mut impl FnMut(Id)) -> Result<u
                     reader.string()?;
                 }
             }
-            content(reader, info & CONTENT_MASK, at)
+            let kind = info & CONTENT_MASK;
+            content(reader, kind, at).map(|len| (len, kind == CONTENT_DOC))
         }
     }
 }
@@ -801,7 +811,7 @@ mod tests {
             &var(0),
         ]);
         let mut references = Vec::new();
-        update_v1_with_references(&empty, |from, to| references.push((from, to)))
+        update_v1_with_references(&empty, |from, to| references.push((from, to)), |_| {})
             .expect("an empty range at the last clock is valid");
         assert_eq!(references, [(None, (1, HUGE))]);
         // Unknown tags and empty blocks.
