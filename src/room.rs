@@ -244,14 +244,7 @@ impl Room {
             for (offset, bytes) in batch.iter().enumerate() {
                 log_bytes += bytes.len() as u64;
                 let applied = protocol::decode_update(bytes).and_then(|update| {
-                    check_dependencies(&update, &txn.state_vector())
-                        .map_err(|error| error.to_string())?;
-                    let applied = txn.apply_update(update.update);
-                    match (applied, drop_pending(&mut txn)) {
-                        (Err(error), _) => Err(error.to_string()),
-                        (Ok(()), Some(held)) => Err(held.to_string()),
-                        (Ok(()), None) => Ok(()),
-                    }
+                    integrate(&mut txn, update).map_err(|error| error.to_string())
                 });
                 if let Err(error) = applied {
                     skipped = true;
@@ -407,13 +400,7 @@ impl Room {
         // finding `partly-applied-update-not-stored`), and the update is then refused.
         let (delta, refusal) = {
             let mut txn = state.awareness.doc().transact_mut();
-            check_dependencies(&decoded, &txn.state_vector())?;
-            let refusal = txn
-                .apply_update(decoded.update)
-                .err()
-                .map(|error| ApplyError::InvalidUpdate(error.to_string()));
-            let held = drop_pending(&mut txn);
-            let refusal = refusal.or(held);
+            let refusal = integrate(&mut txn, decoded).err();
             (txn.encode_update_v1(), refusal)
         };
         if delta == EMPTY_UPDATE {
@@ -797,6 +784,19 @@ fn sync_step1_of(state: &RoomState) -> Bytes {
     protocol::encode_sync_step1(&state_vector)
 }
 
+/// Integrates a decoded update into `txn`, the one place rooms hand updates to yrs (live and
+/// while loading): refused whole if it depends on changes neither the document nor the update
+/// holds ([`check_dependencies`]); otherwise applied, and whatever yrs then holds pending is
+/// dropped ([`drop_pending`]). On an error after the apply, what yrs integrated stays in `txn`.
+fn integrate(txn: &mut TransactionMut, decoded: DecodedUpdate) -> Result<(), ApplyError> {
+    check_dependencies(&decoded, &txn.state_vector())?;
+    let applied = txn
+        .apply_update(decoded.update)
+        .map_err(|error| ApplyError::InvalidUpdate(error.to_string()));
+    let held = drop_pending(txn);
+    applied.and(held.map_or(Ok(()), Err))
+}
+
 /// Refuses an update that would leave a hole in a client's clocks: for every client it has
 /// changes of, the document's clocks `0..state[client]` and the update's blocks must form one
 /// range from 0. Yjs keeps a block that starts past the document's clock pending until the
@@ -898,7 +898,7 @@ fn drop_pending(txn: &mut TransactionMut) -> Option<ApplyError> {
 /// themselves is safe: yrs' garbage collection replaces their content, the parent clone with
 /// it. The deletions are not broadcast; clients learn them at their next sync, and the next
 /// compaction stores them.
-pub fn release_subdocuments(doc: &Doc) -> bool {
+fn release_subdocuments(doc: &Doc) -> bool {
     let mut txn = doc.transact_mut();
     if txn.subdocs().next().is_none() {
         return false;

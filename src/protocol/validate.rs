@@ -788,28 +788,25 @@ mod tests {
             update_v1(&string),
             Err(EncodingError::ClockOverflow { .. })
         ));
+        // No structs, then a delete set of one range of client 1.
+        let delete_range = |clock: u32, len: u64| {
+            concat(&[
+                &var(0),
+                &var(1),
+                &var(1),
+                &var(1),
+                &var(clock.into()),
+                &var(len),
+            ])
+        };
         // A delete range ending past u32::MAX (fuzzer finding `delete-set-range-overflow`).
-        let range = concat(&[
-            &var(0),
-            &var(1),
-            &var(1),
-            &var(1),
-            &var(HUGE.into()),
-            &var(1),
-        ]);
+        let range = delete_range(HUGE, 1);
         assert!(matches!(
             update_v1(&range),
             Err(EncodingError::RangeOverflow { .. })
         ));
         // An empty range at the last clock fits, and is a reference to that clock.
-        let empty = concat(&[
-            &var(0),
-            &var(1),
-            &var(1),
-            &var(1),
-            &var(HUGE.into()),
-            &var(0),
-        ]);
+        let empty = delete_range(HUGE, 0);
         let mut references = Vec::new();
         update_v1_with_references(&empty, |from, to| references.push((from, to)), |_| {})
             .expect("an empty range at the last clock is valid");
