@@ -425,6 +425,15 @@ impl DocStore for NullStore {
     fn delete(&self, _room: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    fn deleted_at(&self, _room: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    fn undelete(&self, _room: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
     fn flush(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -472,6 +481,15 @@ impl DocStore for LogAs {
     }
     fn delete(&self, room: &str) -> Result<(), StoreError> {
         self.0.delete(room)
+    }
+    fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        self.0.deleted_at(room)
+    }
+    fn undelete(&self, room: &str) -> Result<bool, StoreError> {
+        self.0.undelete(room)
+    }
+    fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.0.tombstones()
     }
     fn flush(&self) -> Result<usize, StoreError> {
         self.0.flush()

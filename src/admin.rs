@@ -1,4 +1,5 @@
 //! Admin commands on a stopped server's data directory: export, import, compact, inspect.
+//! Inspect also lists deleted rooms (their tombstones); the others refuse a deleted room.
 //!
 //! They open the store directly; sled locks the directory, so while a server holds it they
 //! refuse with a clear message instead of corrupting it.
@@ -24,6 +25,8 @@ pub enum AdminError {
     Open { dir: String, source: StoreError },
     #[error("no room named {0:?} is stored")]
     NoSuchRoom(String),
+    #[error("room {room:?} was deleted (at {deleted_at_ms} ms since the epoch)")]
+    Deleted { room: String, deleted_at_ms: u64 },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -86,12 +89,15 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), AdminError> {
         }
         Command::Inspect { room, store } => {
             let store = open(&store)?;
-            let rooms = match room {
-                Some(room) => {
-                    load_existing(&store, &room)?;
-                    vec![room]
-                }
-                None => store.rooms()?,
+            let (rooms, tombstones) = match room {
+                Some(room) => match store.deleted_at(&room)? {
+                    Some(deleted_at_ms) => (Vec::new(), vec![(room, deleted_at_ms)]),
+                    None => {
+                        load_existing(&store, &room)?;
+                        (vec![room], Vec::new())
+                    }
+                },
+                None => (store.rooms()?, store.tombstones()?),
             };
             writeln!(
                 out,
@@ -111,6 +117,13 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), AdminError> {
                         .map_or("-".to_owned(), |ms| ms.to_string())
                 )
                 .map_err(|source| io("stdout", source))?;
+            }
+            if !tombstones.is_empty() {
+                writeln!(out, "deleted_room\tdeleted_at_ms")
+                    .map_err(|source| io("stdout", source))?;
+            }
+            for (name, deleted_at_ms) in tombstones {
+                writeln!(out, "{name}\t{deleted_at_ms}").map_err(|source| io("stdout", source))?;
             }
             writeln!(out, "store size on disk: {} bytes", store.size_on_disk()?)
                 .map_err(|source| io("stdout", source))
@@ -138,6 +151,12 @@ fn open(args: &StoreArgs) -> Result<Arc<dyn DocStore>, AdminError> {
 }
 
 fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
+    if let Some(deleted_at_ms) = store.deleted_at(room)? {
+        return Err(AdminError::Deleted {
+            room: room.to_owned(),
+            deleted_at_ms,
+        });
+    }
     // No compaction is triggered by thresholds here: the commands compact explicitly.
     let config = RoomConfig {
         compact_log_updates: u64::MAX,
@@ -157,7 +176,8 @@ fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> 
 
 fn load_existing(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
     let stats = store.stats(room)?;
-    if stats.snapshot_bytes == 0 && stats.log_entries == 0 {
+    // A deleted room has no data either: `load` says it was deleted.
+    if stats.snapshot_bytes == 0 && stats.log_entries == 0 && store.deleted_at(room)?.is_none() {
         return Err(AdminError::NoSuchRoom(room.to_owned()));
     }
     load(store, room)

@@ -166,6 +166,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// The room has a tombstone: writes to it are refused until it is undeleted.
+    #[error("room {0:?} was deleted")]
+    RoomDeleted(String),
 }
 
 /// A room name the server refuses.
@@ -188,4 +191,10 @@ pub enum JoinError {
     TooManyRooms,
     #[error("the room has reached its connection limit")]
     RoomFull,
+    /// The room was deleted (it has a tombstone); see `DocStore::delete`.
+    #[error("the room was deleted")]
+    RoomDeleted {
+        /// When, in ms since the epoch.
+        deleted_at_ms: u64,
+    },
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use yrs::ClientID;
 
 use crate::auth::Access;
-use crate::error::ApplyError;
+use crate::error::{ApplyError, StoreError};
 use crate::limit::TokenBucket;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
@@ -30,6 +30,10 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The room was deleted. In the private-use range 4400-4499, which stock y-websocket 3
+    /// treats as permanent (`defaultShouldReconnect`): its clients stop reconnecting instead of
+    /// uploading the deleted document again. Every other code, 1000 included, is retried.
+    pub const ROOM_DELETED: u16 = 4410;
 }
 
 /// An empty v1 update: a SyncStep2 carrying nothing, which read-only clients may send.
@@ -191,7 +195,9 @@ impl Peer {
                     format!("{error}; the change was not applied, do not resend it"),
                 )
             }
-            ApplyError::RoomDeleted => Refusal::new(close_code::NORMAL, "room deleted"),
+            ApplyError::RoomDeleted | ApplyError::Store(StoreError::RoomDeleted(_)) => {
+                Refusal::new(close_code::ROOM_DELETED, "room deleted")
+            }
             ApplyError::Store(_) => {
                 tracing::error!(%error, "storage failed");
                 Refusal::new(close_code::INTERNAL_ERROR, "storage failed")

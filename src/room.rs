@@ -710,9 +710,12 @@ impl Room {
         serde_json::Value::Object(roots)
     }
 
-    /// Deletes the room: every member's session ends, nothing more is applied, and its stored
-    /// data is removed. Blocking. Holding the compaction lock keeps a running compaction from
-    /// writing a snapshot back after the delete.
+    /// Deletes the room: every member's session ends (closed with
+    /// [`close_code::ROOM_DELETED`](crate::peer::close_code::ROOM_DELETED), which stock
+    /// clients do not retry), nothing more is applied, and the store replaces its data with a
+    /// tombstone. Blocking. A write that took its updates before this and reaches the store
+    /// after it is refused there (see [`DocStore::delete`]); holding the compaction lock keeps
+    /// a running compaction from even trying.
     pub fn delete(&self) -> Result<(), StoreError> {
         let _no_compaction = self
             .compaction_lock

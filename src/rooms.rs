@@ -154,6 +154,11 @@ impl Rooms {
                         .room_lookups
                         .get_or_create(&Reason { reason: "miss" })
                         .inc();
+                    // Under the slot lock, like deletion: a join either loads the room before
+                    // it is deleted (and is closed by the deletion) or sees the tombstone.
+                    if let Some(deleted_at_ms) = self.deleted_at(name).await? {
+                        return Err(JoinError::RoomDeleted { deleted_at_ms });
+                    }
                     if self.loaded_count() >= self.limits.max_rooms {
                         self.evict_idle(self.loaded_count() + 1 - self.limits.max_rooms)
                             .await;
@@ -314,8 +319,18 @@ impl Rooms {
         }
     }
 
-    /// Deletes a room: closes its sockets and removes its stored data, whether or not it is in
-    /// memory.
+    /// When the room was deleted, if it has a tombstone. Blocking read on the blocking pool.
+    pub async fn deleted_at(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.deleted_at(&name))
+            .await
+            .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    /// Deletes a room, whether or not it is in memory: closes its sockets and replaces its
+    /// stored data with a tombstone (see [`DocStore::delete`]). Joins are refused from then
+    /// on, until [`Rooms::undelete`].
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let slot = self.slot(name);
         let mut guard = slot.lock().await;
@@ -338,6 +353,18 @@ impl Rooms {
         *guard = Slot::Retired;
         self.forget(name, &slot);
         Ok(())
+    }
+
+    /// Removes a deleted room's tombstone: the name can be joined again, and starts as an
+    /// empty document. Returns whether the room was deleted.
+    pub async fn undelete(&self, name: &str) -> Result<bool, StoreError> {
+        let slot = self.slot(name);
+        let _no_join = slot.lock().await;
+        let store = self.store.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || store.undelete(&name))
+            .await
+            .map_err(|error| StoreError::Task(error.to_string()))?
     }
 
     /// Writes every loaded room's unwritten updates (see [`Room::write_log`]) and flushes the
@@ -392,6 +419,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::error::ApplyError;
     use crate::store::{RoomStats, SledStore, StoredDoc};
 
     /// A store whose loads take a while and count how many run at once.
@@ -418,6 +446,15 @@ mod tests {
         fn delete(&self, room: &str) -> Result<(), StoreError> {
             self.inner.delete(room)
         }
+        fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.deleted_at(room)
+        }
+        fn undelete(&self, room: &str) -> Result<bool, StoreError> {
+            self.inner.undelete(room)
+        }
+        fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.tombstones()
+        }
         fn flush(&self) -> Result<usize, StoreError> {
             self.inner.flush()
         }
@@ -433,6 +470,137 @@ mod tests {
         fn check_writable(&self) -> Result<(), StoreError> {
             self.inner.check_writable()
         }
+    }
+
+    /// A store whose appends stop on their way, before they reach sled, until released: what
+    /// a busy disk or a slow thread does to a write taken before a deletion.
+    struct HeldAppends {
+        inner: SledStore,
+        held: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl DocStore for HeldAppends {
+        fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+            self.inner.load(room)
+        }
+        fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+            let _ = self.held.lock().unwrap().send(());
+            let _ = self.release.lock().unwrap().recv();
+            self.inner.append(room, seq, updates)
+        }
+        fn compact(&self, room: &str, state: &[u8], seq: u64, at: u64) -> Result<(), StoreError> {
+            self.inner.compact(room, state, seq, at)
+        }
+        fn delete(&self, room: &str) -> Result<(), StoreError> {
+            self.inner.delete(room)
+        }
+        fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.deleted_at(room)
+        }
+        fn undelete(&self, room: &str) -> Result<bool, StoreError> {
+            self.inner.undelete(room)
+        }
+        fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.tombstones()
+        }
+        fn flush(&self) -> Result<usize, StoreError> {
+            self.inner.flush()
+        }
+        fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
+            self.inner.stats(room)
+        }
+        fn rooms(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.rooms()
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk()
+        }
+        fn check_writable(&self) -> Result<(), StoreError> {
+            self.inner.check_writable()
+        }
+    }
+
+    fn test_rooms(store: Arc<dyn DocStore>) -> Arc<Rooms> {
+        let config = RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        };
+        let limits = RoomLimits {
+            max_rooms: 1000,
+            max_connections_per_room: 10,
+        };
+        Arc::new(Rooms::new(
+            store,
+            config,
+            limits,
+            Arc::new(Metrics::new()),
+            None,
+        ))
+    }
+
+    /// An update large enough that applying it writes it to the store at once.
+    fn large_insert() -> Vec<u8> {
+        use yrs::{Doc, Text, Transact};
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("text");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, &"late ".repeat(4000));
+        txn.encode_update_v1()
+    }
+
+    /// An append that took its updates before the room was deleted and reaches the store after
+    /// it is refused there: the room stays deleted, with nothing stored, across a reload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_taken_before_a_deletion_cannot_bring_the_room_back() {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let inner = SledStore::temporary().unwrap();
+        let store = Arc::new(HeldAppends {
+            inner: inner.clone(),
+            held: std::sync::Mutex::new(held_tx),
+            release: std::sync::Mutex::new(release_rx),
+        });
+        let rooms = test_rooms(store.clone());
+        let lease = rooms.join("doomed").await.unwrap();
+        let room = lease.room().clone();
+        let writer = std::thread::spawn(move || room.apply_update(&large_insert()));
+        // The writer has applied the update and holds its batch on the way to the store.
+        tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+            .await
+            .unwrap();
+        rooms.delete("doomed").await.unwrap();
+        release_tx.send(()).unwrap();
+        let written = tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                written,
+                Err(ApplyError::Store(StoreError::RoomDeleted(ref name))) if name == "doomed"
+            ),
+            "{written:?}"
+        );
+        drop(lease);
+        let stored = inner.load("doomed").unwrap();
+        assert!(
+            stored.snapshot.is_none() && stored.log.is_empty(),
+            "the late write landed: {stored:?}"
+        );
+        assert!(inner.rooms().unwrap().is_empty());
+        // A join after the deletion is refused, and nothing loads.
+        let joined = rooms.join("doomed").await;
+        assert!(
+            matches!(joined, Err(JoinError::RoomDeleted { deleted_at_ms }) if deleted_at_ms > 0),
+            "{joined:?}"
+        );
+        // Removing the tombstone lets the name be used again, by an empty room.
+        assert!(rooms.undelete("doomed").await.unwrap());
+        let lease = rooms.join("doomed").await.unwrap();
+        assert_eq!(lease.room().encode_state(), vec![0, 0]);
+        assert!(!rooms.undelete("doomed").await.unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,16 +556,28 @@ async fn deleting_a_room_closes_its_sockets_and_forgets_its_data() {
     );
     for client in [&first, &second] {
         let (code, reason) = client.wait_closed().await.expect("a close frame");
-        assert_eq!(code, 1000, "reason: {reason}");
+        assert_eq!(code, 4410, "reason: {reason}");
     }
     assert!(!bystander.seen.lock().unwrap().ended);
 
     let (status, _) = get(&format!("{}/api/rooms/doomed", base(&server))).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let fresh = Client::connect(&server, "doomed").await;
-    assert_eq!(text(&fresh.doc, "text"), "");
+    assert_eq!(status, StatusCode::GONE);
+    let refused = Client::connect_raw(&server.room_url("doomed"), Doc::new()).await;
+    assert_eq!(
+        refused.wait_closed().await.map(|(code, _)| code),
+        Some(4410)
+    );
     let (_, list) = get_json(&format!("{}/api/rooms", base(&server))).await;
     assert_eq!(list["stored"]["rooms"], json!(["bystander"]));
+    // The name can be used again once its tombstone is removed.
+    let undelete = http()
+        .delete(format!("{}/api/rooms/doomed/tombstone", base(&server)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(undelete.status(), StatusCode::OK);
+    let fresh = Client::connect(&server, "doomed").await;
+    assert_eq!(text(&fresh.doc, "text"), "");
     let other = Client::connect(&server, "bystander").await;
     assert_eq!(text(&other.doc, "text"), "unrelated");
 }
@@ -600,7 +612,7 @@ async fn rooms_not_in_memory_serve_state_take_updates_and_can_be_deleted() {
         .unwrap();
     assert_eq!(delete.status(), StatusCode::OK);
     let (status, _) = get(&format!("{}/api/rooms/gone", base(&server))).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::GONE);
 
     // An update to a stored room that is not loaded, made on top of the stored state (read
     // here, then unloaded again by a restart).
@@ -632,8 +644,8 @@ async fn rooms_not_in_memory_serve_state_take_updates_and_can_be_deleted() {
     assert_eq!(body["applied"], true);
     let client = Client::connect(&server, "cold").await;
     assert_eq!(text(&client.doc, "text"), "stored text + posted");
-    let gone = Client::connect(&server, "gone").await;
-    assert_eq!(text(&gone.doc, "text"), "");
+    let gone = Client::connect_raw(&server.room_url("gone"), Doc::new()).await;
+    assert_eq!(gone.wait_closed().await.map(|(code, _)| code), Some(4410));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@
 //! | `GET /api/rooms/{room}` | size, log length, last change time, loaded or not |
 //! | `GET /api/rooms/{room}/state` | the document as a binary v1 update (`?format=json`: its root types as JSON) |
 //! | `POST /api/rooms/{room}/update` | apply a binary v1 update: broadcast and persisted like a client's |
-//! | `DELETE /api/rooms/{room}` | close the room's sockets and delete its stored data |
+//! | `DELETE /api/rooms/{room}` | close the room's sockets (code 4410) and replace its stored data with a tombstone |
+//! | `DELETE /api/rooms/{room}/tombstone` | remove a deleted room's tombstone: the name can be used again, by an empty room |
 //!
-//! Room names in paths are percent-encoded (`file%3Atext%2F42`); a final `/state` or `/update`
-//! segment names the action. A room not in memory is loaded for the call and unloaded later by
+//! Room names in paths are percent-encoded (`file%3Atext%2F42`); a final `/state`, `/update` or
+//! `/tombstone` segment names the action. A deleted room answers 410 Gone (with its
+//! `deleted_at_ms`) to every call but `DELETE` until its tombstone is removed. A room not in memory is loaded for the call and unloaded later by
 //! the idle sweep. Errors are JSON `{"error": message}`.
 
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use warp::{Filter, Reply};
 
 use super::http::{credentials, json_error, require_admin};
 use super::{Shared, room_name};
-use crate::error::{ApplyError, JoinError};
+use crate::error::{ApplyError, JoinError, StoreError};
 use crate::room::Room;
 use crate::rooms::RoomLease;
 
@@ -51,6 +53,7 @@ enum Call {
     State(String),
     Update(String),
     Delete(String),
+    Undelete(String),
 }
 
 pub(super) fn routes(
@@ -132,7 +135,7 @@ fn parse_call(method: &Method, tail: &str) -> Result<Call, Response> {
         };
     }
     let (room_part, action) = match tail.rsplit_once('/') {
-        Some((room, action @ ("state" | "update"))) => (room, Some(action)),
+        Some((room, action @ ("state" | "update" | "tombstone"))) => (room, Some(action)),
         _ => (tail, None),
     };
     let room = room_name(&format!("/{room_part}"), "/")
@@ -142,6 +145,7 @@ fn parse_call(method: &Method, tail: &str) -> Result<Call, Response> {
         (Method::DELETE, None) => Ok(Call::Delete(room)),
         (Method::GET, Some("state")) => Ok(Call::State(room)),
         (Method::POST, Some("update")) => Ok(Call::Update(room)),
+        (Method::DELETE, Some("tombstone")) => Ok(Call::Undelete(room)),
         _ => Err(method_not_allowed()),
     }
 }
@@ -172,13 +176,36 @@ async fn handle(call: Call, query: ApiQuery, body: Bytes, shared: Arc<Shared>) -
                 )
             }
         },
+        Call::Undelete(room) => match shared.rooms.undelete(&room).await {
+            Ok(true) => {
+                warp::reply::json(&serde_json::json!({ "undeleted": room })).into_response()
+            }
+            Ok(false) => json_error(StatusCode::NOT_FOUND, "the room is not deleted"),
+            Err(error) => {
+                tracing::error!(%room, %error, "removing the tombstone failed");
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "removing the tombstone failed",
+                )
+            }
+        },
     }
+}
+
+/// 410 Gone for a deleted room.
+fn gone(deleted_at_ms: u64) -> Response {
+    let body = serde_json::json!({
+        "error": "the room was deleted",
+        "deleted_at_ms": deleted_at_ms,
+    });
+    warp::reply::with_status(warp::reply::json(&body), StatusCode::GONE).into_response()
 }
 
 /// Holds the room in memory for the call; it unloads later if nobody else is connected.
 async fn join(shared: &Shared, room: &str) -> Result<RoomLease, Response> {
     shared.rooms.join(room).await.map_err(|error| {
         let status = match error {
+            JoinError::RoomDeleted { deleted_at_ms } => return gone(deleted_at_ms),
             JoinError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             JoinError::TooManyRooms | JoinError::RoomFull => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -224,6 +251,16 @@ async fn room_info(shared: &Shared, room: &str) -> Response {
         .await
         .into_iter()
         .find(|loaded| &**loaded.name() == room);
+    match shared.rooms.deleted_at(room).await {
+        Ok(Some(deleted_at_ms)) => return gone(deleted_at_ms),
+        Ok(None) => {}
+        Err(_) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reading room stats failed",
+            );
+        }
+    }
     let store = shared.rooms.store().clone();
     let name = room.to_owned();
     let stats = match tokio::task::spawn_blocking(move || store.stats(&name)).await {
@@ -286,7 +323,10 @@ fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {
         Err(
             error @ (ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. }),
         ) => json_error(StatusCode::CONFLICT, &error.to_string()),
-        Err(ApplyError::RoomDeleted) => json_error(StatusCode::CONFLICT, "the room was deleted"),
+        // Deleted while the call held it.
+        Err(ApplyError::RoomDeleted | ApplyError::Store(StoreError::RoomDeleted(_))) => {
+            json_error(StatusCode::GONE, "the room was deleted")
+        }
         Err(error @ ApplyError::Store(_)) => {
             tracing::error!(%error, "API update failed");
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "storage failed")
@@ -321,6 +361,11 @@ mod tests {
             parse_call(&Method::GET, "a%2Fstate").unwrap(),
             Call::Info("a/state".into())
         );
+        assert_eq!(
+            parse_call(&Method::DELETE, "doc/tombstone").unwrap(),
+            Call::Undelete("doc".into())
+        );
+        assert!(parse_call(&Method::GET, "doc/tombstone").is_err());
         assert!(parse_call(&Method::POST, "doc").is_err());
     }
 }

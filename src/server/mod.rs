@@ -336,7 +336,6 @@ async fn upgrade(
     client: Option<listener::ClientAddr>,
     shared: Arc<Shared>,
 ) -> Result<warp::reply::Response, Infallible> {
-    use warp::Reply;
     let room = match room_name(path.as_str(), &shared.base_path) {
         Ok(room) => room,
         Err(error) => {
@@ -382,6 +381,15 @@ async fn upgrade(
     // and a refusal is an HTTP error rather than a socket that closes at once.
     let lease = match shared.rooms.join(&room).await {
         Ok(lease) => lease,
+        Err(JoinError::RoomDeleted { deleted_at_ms }) => {
+            return Ok(refuse_deleted(
+                &shared,
+                pending,
+                &key,
+                permit,
+                deleted_at_ms,
+            ));
+        }
         Err(error) => {
             let (status, limit) = match &error {
                 JoinError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
@@ -390,6 +398,7 @@ async fn upgrade(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("connections_per_room"),
                 ),
+                JoinError::RoomDeleted { .. } => (StatusCode::GONE, None),
             };
             match limit {
                 Some(limit) => shared.metrics.limit_hit(limit),
@@ -431,6 +440,12 @@ async fn upgrade(
         settings,
         permit,
     ));
+    Ok(switching_protocols(&key))
+}
+
+/// The answer that completes a WebSocket handshake.
+fn switching_protocols(key: &str) -> warp::reply::Response {
+    use warp::Reply;
     let mut response = warp::reply().into_response();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -445,7 +460,54 @@ async fn upgrade(
     if let Ok(accept) = warp::http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(warp::http::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    Ok(response)
+    response
+}
+
+/// How long a connection refused for a deleted room may take to acknowledge the close.
+const DELETED_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Refuses a WebSocket join of a deleted room. The handshake completes and the socket is
+/// closed at once with [`close_code::ROOM_DELETED`](crate::peer::close_code::ROOM_DELETED),
+/// without joining the room: a stock y-websocket client retries an HTTP refusal (it sees only
+/// close code 1006) forever, and stops on a 4400-4499 close. Nothing the client sends is read.
+fn refuse_deleted(
+    shared: &Arc<Shared>,
+    pending: listener::PendingUpgrade,
+    key: &str,
+    permit: ConnectionPermit,
+    deleted_at_ms: u64,
+) -> warp::reply::Response {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let Some(on_upgrade) = pending.take() else {
+        return http::json_error(StatusCode::GONE, "the room was deleted");
+    };
+    tracing::debug!(deleted_at_ms, "join of a deleted room refused");
+    shared.sessions.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let close = CloseFrame {
+            code: crate::peer::close_code::ROOM_DELETED.into(),
+            reason: "room deleted".into(),
+        };
+        // Then read (and drop) what comes until the client's close completes the handshake.
+        let _ = tokio::time::timeout(DELETED_CLOSE_TIMEOUT, async {
+            if socket.send(Message::Close(Some(close))).await.is_ok() {
+                while let Some(Ok(_)) = socket.next().await {}
+            }
+        })
+        .await;
+        drop(permit);
+    });
+    switching_protocols(key)
 }
 
 /// The task of one WebSocket connection, from the end of the HTTP upgrade to the close. It

@@ -208,7 +208,7 @@ impl Session {
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
                     None if subscription.signals.closed() => {
-                        Err(End::close(close_code::NORMAL, "room deleted"))
+                        Err(End::close(close_code::ROOM_DELETED, "room deleted"))
                     }
                     None => Err(End::close(close_code::GOING_AWAY, "room closed")),
                 },

@@ -43,7 +43,8 @@ pub struct RoomStats {
 }
 
 /// Persistence for room documents. Implementations must make `compact` atomic: a crash leaves
-/// either the old snapshot and log or the new ones, never a mix that loses updates.
+/// either the old snapshot and log or the new ones, never a mix that loses updates. `delete`
+/// must be atomic too, and final until `undelete`.
 pub trait DocStore: Send + Sync + 'static {
     /// Reads a room's snapshot and log. A room never stored loads as empty.
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
@@ -64,8 +65,21 @@ pub trait DocStore: Send + Sync + 'static {
         last_change_ms: u64,
     ) -> Result<(), StoreError>;
 
-    /// Removes everything stored for the room.
+    /// Removes everything stored for the room and leaves a tombstone, atomically. From then on
+    /// `append` and `compact` of the room fail with [`StoreError::RoomDeleted`], also when they
+    /// were called before and are still running: a write on its way cannot bring the room
+    /// back. Deleting a deleted room changes nothing (the first deletion time stays).
     fn delete(&self, room: &str) -> Result<(), StoreError>;
+
+    /// When the room was deleted (ms since the epoch), if it has a tombstone.
+    fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Removes the room's tombstone, so that the name can be used again by a new, empty room.
+    /// Returns whether there was one.
+    fn undelete(&self, room: &str) -> Result<bool, StoreError>;
+
+    /// Every deleted room with its deletion time, in key order.
+    fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Makes every write so far durable. Returns the number of bytes written.
     fn flush(&self) -> Result<usize, StoreError>;
@@ -73,7 +87,8 @@ pub trait DocStore: Send + Sync + 'static {
     /// Sizes of what is stored for the room.
     fn stats(&self, room: &str) -> Result<RoomStats, StoreError>;
 
-    /// Names of every stored room, in key order.
+    /// Names of every stored room with a document, in key order (deleted rooms are listed by
+    /// `tombstones`).
     fn rooms(&self) -> Result<Vec<String>, StoreError>;
 
     /// Bytes the store takes on disk.

@@ -11,7 +11,15 @@
 //!                                             u64be(last_change_ms) lz4(v1 update)
 //! u16be(len(name)) name 0x01 u64be(seq)    -> log entry: 0x01 then, per update in the
 //!                                             order applied, varUint(len) v1 update
+//! u16be(len(name)) name 0x02               -> tombstone: 0x01 u64be(deleted_at_ms)
 //! ```
+//!
+//! A tombstone marks a deleted room. It is written in the batch that removes the room's other
+//! keys, and while it exists appends and compactions of the room are refused
+//! ([`StoreError::RoomDeleted`]): a write that was on its way when the room was deleted cannot
+//! bring the room back. `undelete` removes it (the name can be used again, the room starts
+//! empty). The check and the write are one step against deletion: appends and compactions hold
+//! `deletions` shared, deletion and undeletion hold it exclusively.
 //!
 //! A log entry holds one or more updates, so that a room can write a burst of edits with one
 //! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room.rs`).
@@ -23,7 +31,7 @@
 //! The snapshot payload is compressed with `lz4_flex::compress_prepend_size`.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
@@ -37,6 +45,8 @@ const TREE: &str = "docs";
 const READY_KEY: &[u8] = b"ycord:ready";
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_LOG: u8 = 1;
+const KIND_TOMBSTONE: u8 = 2;
+const TOMBSTONE_FORMAT: u8 = 1;
 const SNAPSHOT_FORMAT: u8 = 1;
 const LOG_FORMAT: u8 = 1;
 /// Bytes of a snapshot value before the compressed payload: format byte, `through_seq` and
@@ -59,6 +69,10 @@ pub struct SledStore {
     /// hang once blamed on this was sled leaking a failed blob write; see
     /// `MAX_UNWRITTEN_BYTES` in `room.rs`.)
     flushing: Arc<Mutex<()>>,
+    /// Orders writes against deletions (see the module documentation): held shared by
+    /// `append` and `compact` from their tombstone check through their write, exclusively by
+    /// `delete` and `undelete`.
+    deletions: Arc<RwLock<()>>,
 }
 
 impl SledStore {
@@ -81,6 +95,7 @@ impl SledStore {
             db,
             docs,
             flushing: Arc::default(),
+            deletions: Arc::default(),
         })
     }
 
@@ -119,6 +134,34 @@ fn log_prefix(room: &str) -> Vec<u8> {
     let mut key = room_prefix(room);
     key.push(KIND_LOG);
     key
+}
+
+fn tombstone_key(room: &str) -> Vec<u8> {
+    let mut key = room_prefix(room);
+    key.push(KIND_TOMBSTONE);
+    key
+}
+
+fn encode_tombstone(deleted_at_ms: u64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9);
+    value.push(TOMBSTONE_FORMAT);
+    value.extend_from_slice(&deleted_at_ms.to_be_bytes());
+    value
+}
+
+/// When a tombstone says its room was deleted. An unreadable tombstone still marks the room
+/// deleted (at time 0): refusing a room by mistake is recoverable, resurrecting one is not.
+fn tombstone_time(value: &[u8]) -> u64 {
+    match value {
+        [TOMBSTONE_FORMAT, time @ ..] if time.len() == 8 => read_u64(time),
+        _ => 0,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
@@ -267,6 +310,11 @@ impl DocStore for SledStore {
     }
 
     fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+        let _not_deleting = self
+            .deletions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.refuse_if_deleted(room)?;
         self.docs
             .insert(log_key(room, seq), encode_log_entry(updates))?;
         Ok(())
@@ -279,6 +327,11 @@ impl DocStore for SledStore {
         through_seq: u64,
         last_change_ms: u64,
     ) -> Result<(), StoreError> {
+        let _not_deleting = self
+            .deletions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.refuse_if_deleted(room)?;
         let mut batch = sled::Batch::default();
         batch.insert(
             snapshot_key(room),
@@ -300,6 +353,14 @@ impl DocStore for SledStore {
     }
 
     fn delete(&self, room: &str) -> Result<(), StoreError> {
+        let _no_writes = self
+            .deletions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tombstone = tombstone_key(room);
+        if self.docs.contains_key(&tombstone)? {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for key in self.docs.scan_prefix(room_prefix(room)).keys() {
             let key = key?;
@@ -307,8 +368,38 @@ impl DocStore for SledStore {
             // and the name, which makes them the same room: every key here belongs to `room`.
             batch.remove(key);
         }
+        batch.insert(tombstone, encode_tombstone(now_ms()));
         self.docs.apply_batch(batch)?;
         Ok(())
+    }
+
+    fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .docs
+            .get(tombstone_key(room))?
+            .map(|value| tombstone_time(&value)))
+    }
+
+    fn undelete(&self, room: &str) -> Result<bool, StoreError> {
+        let _no_writes = self
+            .deletions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(self.docs.remove(tombstone_key(room))?.is_some())
+    }
+
+    fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut tombstones = Vec::new();
+        for entry in self.docs.iter() {
+            let (key, value) = entry?;
+            let Some(name) = room_name(&key) else {
+                continue;
+            };
+            if key.len() == 2 + name.len() + 1 && key[key.len() - 1] == KIND_TOMBSTONE {
+                tombstones.push((name.to_owned(), tombstone_time(&value)));
+            }
+        }
+        Ok(tombstones)
     }
 
     fn flush(&self) -> Result<usize, StoreError> {
@@ -337,6 +428,10 @@ impl DocStore for SledStore {
             let Some(name) = room_name(&key) else {
                 continue;
             };
+            // A deleted room holds only its tombstone: it has no document to list.
+            if key.get(2 + name.len()) == Some(&KIND_TOMBSTONE) {
+                continue;
+            }
             if rooms.last().map(String::as_str) != Some(name) {
                 rooms.push(name.to_owned());
             }
@@ -349,10 +444,17 @@ impl DocStore for SledStore {
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        self.db.insert(READY_KEY, &now.to_be_bytes())?;
+        self.db.insert(READY_KEY, &now_ms().to_be_bytes())?;
+        Ok(())
+    }
+}
+
+impl SledStore {
+    /// Refuses a write to a deleted room. The caller holds `deletions` shared.
+    fn refuse_if_deleted(&self, room: &str) -> Result<(), StoreError> {
+        if self.docs.contains_key(tombstone_key(room))? {
+            return Err(StoreError::RoomDeleted(room.to_owned()));
+        }
         Ok(())
     }
 }
@@ -389,6 +491,56 @@ mod tests {
         store.delete("a").unwrap();
         assert!(store.load("a").unwrap().log.is_empty());
         assert_eq!(store.load("ab").unwrap().log.len(), 1);
+    }
+
+    #[test]
+    fn a_deleted_room_keeps_a_tombstone_that_refuses_writes_until_undeleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.append("doomed", 0, &[Bytes::from("one")]).unwrap();
+            store.compact("doomed", b"snapshot", 0, 1).unwrap();
+            store.append("doomed", 1, &[Bytes::from("two")]).unwrap();
+            store.append("kept", 0, &[Bytes::from("three")]).unwrap();
+            assert_eq!(store.deleted_at("doomed").unwrap(), None);
+            store.delete("doomed").unwrap();
+            let deleted_at = store.deleted_at("doomed").unwrap().unwrap();
+            assert!(deleted_at > 0);
+            // A write that was on its way when the room was deleted is refused.
+            let late = store.append("doomed", 2, &[Bytes::from("late")]);
+            assert!(
+                matches!(late, Err(StoreError::RoomDeleted(ref room)) if room == "doomed"),
+                "{late:?}"
+            );
+            let compaction = store.compact("doomed", b"late snapshot", 2, 2);
+            assert!(
+                matches!(compaction, Err(StoreError::RoomDeleted(_))),
+                "{compaction:?}"
+            );
+            let doc = store.load("doomed").unwrap();
+            assert!(doc.snapshot.is_none() && doc.log.is_empty(), "{doc:?}");
+            assert_eq!(store.stats("doomed").unwrap(), RoomStats::default());
+            // Deleting again keeps the first deletion time.
+            store.delete("doomed").unwrap();
+            assert_eq!(store.deleted_at("doomed").unwrap(), Some(deleted_at));
+            assert_eq!(store.rooms().unwrap(), vec!["kept".to_owned()]);
+            assert_eq!(
+                store.tombstones().unwrap(),
+                vec![("doomed".to_owned(), deleted_at)]
+            );
+            store.flush().unwrap();
+        }
+        // The tombstone is durable.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.deleted_at("doomed").unwrap().is_some());
+        assert!(store.append("doomed", 3, &[Bytes::from("x")]).is_err());
+        assert!(store.undelete("doomed").unwrap());
+        assert!(!store.undelete("doomed").unwrap());
+        assert_eq!(store.deleted_at("doomed").unwrap(), None);
+        assert!(store.tombstones().unwrap().is_empty());
+        store.append("doomed", 0, &[Bytes::from("new")]).unwrap();
+        assert_eq!(store.load("doomed").unwrap().log, vec![b"new".to_vec()]);
+        assert_eq!(store.load("kept").unwrap().log, vec![b"three".to_vec()]);
     }
 
     #[test]
