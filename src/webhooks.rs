@@ -97,10 +97,13 @@ impl Webhooks {
         Webhooks { events, metrics }
     }
 
-    fn send(&self, event: Event) {
+    /// Hands an event to the dispatcher; returns false if it was dropped (queue full).
+    fn send(&self, event: Event) -> bool {
         if self.events.try_send(event).is_err() {
             self.metrics.webhook_events_dropped.inc();
+            return false;
         }
+        true
     }
 
     pub fn loaded(&self, room: &Arc<str>) {
@@ -111,10 +114,12 @@ impl Webhooks {
         self.send(Event::Unloaded(room.clone()));
     }
 
-    /// Notes a change; cheap when a change of this room is already pending.
+    /// Notes a change; cheap when a change of this room is already pending. If the event is
+    /// dropped, nothing is pending: the flag is disarmed so that the next change tries again
+    /// (armed, it would have silenced the room's `changed` events for good).
     pub fn changed(&self, room: &Arc<Room>) {
-        if !room.webhook_flag().arm() {
-            self.send(Event::Changed(room.clone()));
+        if !room.webhook_flag().arm() && !self.send(Event::Changed(room.clone())) {
+            room.webhook_flag().disarm();
         }
     }
 }
@@ -290,6 +295,45 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::room::RoomConfig;
+    use crate::store::SledStore;
+
+    /// A change event dropped on a full queue leaves no change pending, so a later change of
+    /// the room is queued again.
+    #[tokio::test]
+    async fn a_dropped_change_event_does_not_silence_the_room() {
+        let metrics = Arc::new(Metrics::new());
+        let (events, mut receiver) = mpsc::channel(1);
+        let webhooks = Webhooks {
+            events,
+            metrics: metrics.clone(),
+        };
+        let config = RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        };
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room =
+            Arc::new(Room::load("room".into(), store, config, metrics.clone(), None).unwrap());
+        webhooks.loaded(room.name());
+        webhooks.changed(&room);
+        assert_eq!(
+            metrics.webhook_events_dropped.get(),
+            1,
+            "the queue was full"
+        );
+        assert!(matches!(receiver.try_recv(), Ok(Event::Loaded(_))));
+        webhooks.changed(&room);
+        assert!(
+            matches!(receiver.try_recv(), Ok(Event::Changed(changed)) if Arc::ptr_eq(&changed, &room)),
+            "the change after the dropped one is queued"
+        );
+        // While that one is pending, further changes are not queued.
+        webhooks.changed(&room);
+        assert!(receiver.try_recv().is_err());
+    }
 
     #[test]
     fn signature_matches_a_known_hmac() {
