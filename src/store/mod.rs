@@ -75,7 +75,9 @@ pub trait DocStore: Send + Sync + 'static {
     fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError>;
 
     /// Removes the room's tombstone, so that the name can be used again by a new, empty room.
-    /// Returns whether there was one.
+    /// Returns whether there was one. The tombstone is what refuses writes of the deleted
+    /// room: one still on its way (taken before the deletion, and stalled since) would land
+    /// in the new room, so remove it only once the deletion is done.
     fn undelete(&self, room: &str) -> Result<bool, StoreError>;
 
     /// Every deleted room with its deletion time, in key order.
