@@ -10,6 +10,11 @@
 //! mutex is practically uncontended, and each send or receive takes it once, as tokio's atomics
 //! did. Like tokio's, receiving is cancel safe (a `select!` may drop [`Receiver::recv`]), and
 //! the receiver gets every queued item before learning that the sender is gone.
+//!
+//! A queue is bounded twice: in items and in bytes ([`Weigh`]). A frame may be as large as the
+//! message limit (64 MiB by default), so a bound in items alone let one member hold thousands of
+//! them. An item heavier than the byte bound is still accepted by an empty queue: otherwise a
+//! large paste could never be relayed at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +25,20 @@ use std::task::{Context, Poll, Waker};
 /// not allocate per frame, and one that took a burst does not keep the burst's memory.
 const RETAINED_SLOTS: usize = 16;
 
-/// A bounded queue holding at most `capacity` items.
-pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+/// What an item weighs against a queue's byte bound.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for bytes::Bytes {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A bounded queue holding at most `capacity` items and, unless it holds a single item, at
+/// most `max_bytes` of them.
+pub fn channel<T: Weigh>(capacity: usize, max_bytes: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -30,11 +47,13 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             receiver_gone: false,
         }),
         len: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
     });
     (
         Sender {
             shared: shared.clone(),
             capacity,
+            max_bytes,
         },
         Receiver { shared },
     )
@@ -44,6 +63,8 @@ struct Shared<T> {
     state: Mutex<State<T>>,
     /// Items waiting, readable without the lock (a room checks it after every broadcast).
     len: AtomicUsize,
+    /// Their total weight. Changed only under the lock, read without it.
+    bytes: AtomicUsize,
 }
 
 struct State<T> {
@@ -65,7 +86,7 @@ impl<T> Shared<T> {
 /// Why [`Sender::try_send`] failed; the item is handed back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError<T> {
-    /// The queue holds `capacity` items.
+    /// The queue holds `capacity` items, or the item would take it past `max_bytes`.
     Full(T),
     /// The receiver is gone.
     Closed(T),
@@ -83,6 +104,7 @@ pub enum TryRecvError {
 pub struct Sender<T> {
     shared: Arc<Shared<T>>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 impl<T> std::fmt::Debug for Sender<T> {
@@ -90,23 +112,34 @@ impl<T> std::fmt::Debug for Sender<T> {
         f.debug_struct("Sender")
             .field("len", &self.shared.len.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
+            .field("bytes", &self.shared.bytes.load(Ordering::Relaxed))
+            .field("max_bytes", &self.max_bytes)
             .finish()
     }
 }
 
-impl<T> Sender<T> {
-    /// Queues `item` unless the queue is full or the receiver is gone; never waits.
+impl<T: Weigh> Sender<T> {
+    /// Queues `item` unless the queue is full (in items or in bytes) or the receiver is gone;
+    /// never waits.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         let waker = {
             let mut state = self.shared.state();
             if state.receiver_gone {
                 return Err(TrySendError::Closed(item));
             }
-            if state.items.len() >= self.capacity {
+            let bytes = self
+                .shared
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(item.weight());
+            if state.items.len() >= self.capacity
+                || (!state.items.is_empty() && bytes > self.max_bytes)
+            {
                 return Err(TrySendError::Full(item));
             }
             state.items.push_back(item);
             self.shared.len.store(state.items.len(), Ordering::Relaxed);
+            self.shared.bytes.store(bytes, Ordering::Relaxed);
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -119,6 +152,11 @@ impl<T> Sender<T> {
     pub fn capacity(&self) -> usize {
         self.capacity
             .saturating_sub(self.shared.len.load(Ordering::Relaxed))
+    }
+
+    /// The weight of the items waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -148,7 +186,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
     }
 }
 
-impl<T> Receiver<T> {
+impl<T: Weigh> Receiver<T> {
     /// The next item; `None` once the queue is empty and the sender gone. Cancel safe.
     pub async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -183,6 +221,10 @@ impl<T> Receiver<T> {
     fn pop(&self, state: &mut State<T>) -> Option<T> {
         let item = state.items.pop_front()?;
         self.shared.len.store(state.items.len(), Ordering::Relaxed);
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        self.shared
+            .bytes
+            .store(bytes.saturating_sub(item.weight()), Ordering::Relaxed);
         if state.items.is_empty() && state.items.capacity() > RETAINED_SLOTS {
             state.items = VecDeque::new();
         }
@@ -197,6 +239,7 @@ impl<T> Drop for Receiver<T> {
             state.receiver_gone = true;
             state.waker = None;
             self.shared.len.store(0, Ordering::Relaxed);
+            self.shared.bytes.store(0, Ordering::Relaxed);
             std::mem::take(&mut state.items)
         };
         // Dropped outside the lock: items may be anything.
@@ -218,6 +261,55 @@ mod tests {
         }
     }
 
+    /// The item tests count items only.
+    impl Weigh for i32 {
+        fn weight(&self) -> usize {
+            0
+        }
+    }
+
+    impl Weigh for Arc<()> {
+        fn weight(&self) -> usize {
+            0
+        }
+    }
+
+    fn frame(len: usize) -> bytes::Bytes {
+        bytes::Bytes::from(vec![0; len])
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let (tx, mut rx) = channel(100, 10);
+        tx.try_send(frame(4)).unwrap();
+        tx.try_send(frame(6)).unwrap();
+        assert_eq!(tx.queued_bytes(), 10);
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert_eq!(tx.capacity(), 98, "two items wait");
+        assert_eq!(rx.try_recv().unwrap().len(), 4);
+        assert_eq!(tx.queued_bytes(), 6);
+        tx.try_send(frame(4)).unwrap();
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        while rx.try_recv().is_ok() {}
+        assert_eq!(tx.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_item_heavier_than_the_byte_bound_fits_an_empty_queue_only() {
+        let (tx, mut rx) = channel(100, 10);
+        tx.try_send(frame(1)).unwrap();
+        assert!(matches!(tx.try_send(frame(50)), Err(TrySendError::Full(_))));
+        rx.try_recv().unwrap();
+        tx.try_send(frame(50)).unwrap();
+        assert_eq!(tx.queued_bytes(), 50);
+        // Nothing more until it is received.
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert_eq!(rx.try_recv().unwrap().len(), 50);
+        tx.try_send(frame(1)).unwrap();
+        drop(rx);
+        assert_eq!(tx.queued_bytes(), 0, "a dropped receiver holds nothing");
+    }
+
     fn flag() -> (Arc<Flag>, Waker) {
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         (flag.clone(), Waker::from(flag))
@@ -225,7 +317,7 @@ mod tests {
 
     #[test]
     fn items_arrive_in_order_up_to_the_capacity() {
-        let (tx, mut rx) = channel(3);
+        let (tx, mut rx) = channel(3, usize::MAX);
         assert_eq!(tx.capacity(), 3);
         for i in 0..3 {
             tx.try_send(i).unwrap();
@@ -244,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_waiting_receiver_is_woken_by_a_send_and_by_the_senders_drop() {
-        let (tx, mut rx) = channel(4);
+        let (tx, mut rx) = channel(4, usize::MAX);
         let (woken, waker) = flag();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
@@ -263,7 +355,7 @@ mod tests {
 
     #[test]
     fn sending_to_a_dropped_receiver_fails_and_drops_what_waited() {
-        let (tx, rx) = channel(4);
+        let (tx, rx) = channel(4, usize::MAX);
         let item = Arc::new(());
         tx.try_send(item.clone()).unwrap();
         drop(rx);
@@ -274,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_drained_burst_gives_its_memory_back() {
-        let (tx, mut rx) = channel(4096);
+        let (tx, mut rx) = channel(4096, usize::MAX);
         for i in 0..1000 {
             tx.try_send(i).unwrap();
         }
@@ -288,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_waits_for_a_send_from_another_task() {
-        let (tx, mut rx) = channel(1);
+        let (tx, mut rx) = channel(1, usize::MAX);
         let sender = tokio::spawn(async move {
             for i in 0..100 {
                 loop {

@@ -39,15 +39,28 @@ pub const MAX_ROOM_NAME_BYTES: usize = 1024;
 /// wait (see [`crate::queue`]), so an idle member costs almost nothing however large this is.
 pub const UPDATE_QUEUE_CAPACITY: usize = 4096;
 
-/// A member whose queue holds more than this many frames counts as behind: writers then yield
-/// after each update, so that a fast writer cannot starve the readers' tasks of CPU (bursts
-/// from one pipelining writer otherwise overflow readers that are merely not scheduled).
+/// Bytes of frames a member's document-update queue may hold; overflow as for
+/// [`UPDATE_QUEUE_CAPACITY`]. A frame larger than this still goes into an empty queue, so a
+/// caught-up member receives a paste of any size the message limit allows. A member this far
+/// behind is better served by a resync (one SyncStep2 of the document, not every frame it
+/// missed). Members share the frames (one allocation per broadcast), so a room holds about
+/// this much for its slowest member, not this much per member.
+pub const UPDATE_QUEUE_BYTES: usize = 16 << 20;
+
+/// A member whose queue holds more than this many frames, or more than a quarter of
+/// [`UPDATE_QUEUE_BYTES`], counts as behind: writers then yield after each update, so that a
+/// fast writer cannot starve the readers' tasks of CPU (bursts from one pipelining writer
+/// otherwise overflow readers that are merely not scheduled).
 pub const BEHIND_WATERMARK: usize = UPDATE_QUEUE_CAPACITY / 4;
 
 /// Capacity of a member's awareness queue, in frames. Overflow policy: the frame is dropped and
 /// the member flagged; its session then sends one full awareness state (the latest state per
 /// client) once it catches up. Presence is volatile: only the latest state matters.
 pub const AWARENESS_QUEUE_CAPACITY: usize = 64;
+
+/// Bytes of frames a member's awareness queue may hold; overflow as for
+/// [`AWARENESS_QUEUE_CAPACITY`]. Presence states are a few hundred bytes each.
+pub const AWARENESS_QUEUE_BYTES: usize = 1 << 20;
 
 /// Applied updates a room keeps before writing them to the store as one log entry (see
 /// [`Room::write_log`]); the server's flusher writes whatever is left before each flush, so
@@ -311,8 +324,9 @@ impl Room {
     /// Adds a member. Its queues start receiving every update applied from now on, and the
     /// greeting reflects the state just before: nothing can fall between the two.
     pub fn subscribe(&self, connection: ConnectionId) -> (Subscription, Greeting) {
-        let (update_tx, update_rx) = queue::channel(UPDATE_QUEUE_CAPACITY);
-        let (awareness_tx, awareness_rx) = queue::channel(AWARENESS_QUEUE_CAPACITY);
+        let (update_tx, update_rx) = queue::channel(UPDATE_QUEUE_CAPACITY, UPDATE_QUEUE_BYTES);
+        let (awareness_tx, awareness_rx) =
+            queue::channel(AWARENESS_QUEUE_CAPACITY, AWARENESS_QUEUE_BYTES);
         let signals = Arc::new(MemberSignals::default());
         let mut state = self.state();
         state.members.insert(
@@ -760,16 +774,17 @@ fn fits_after_all(state: &mut RoomState, update_len: usize, max_doc_bytes: u64) 
     actual + update_len as u64 <= max_doc_bytes
 }
 
-/// Queues a document-update frame for every member. A member whose queue is full is removed
-/// and flagged as lagged; its session closes it with 1013. Returns whether some member is
-/// behind (more than [`BEHIND_WATERMARK`] frames waiting).
+/// Queues a document-update frame for every member. A member whose queue is full (in frames or
+/// in bytes) is removed and flagged as lagged; its session closes it with 1013. Returns whether
+/// some member is behind (see [`BEHIND_WATERMARK`]).
 fn broadcast_update(state: &mut RoomState, frame: &Bytes) -> bool {
     let mut behind = false;
     state
         .members
         .retain(|_, member| match member.updates.try_send(frame.clone()) {
             Ok(()) => {
-                behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK;
+                behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK
+                    || member.updates.queued_bytes() > UPDATE_QUEUE_BYTES / 4;
                 true
             }
             Err(queue::TrySendError::Full(_)) => {
@@ -1373,6 +1388,60 @@ mod tests {
         reloaded.apply_update(&insert("more")).unwrap();
         reloaded.write_log().unwrap();
         assert_eq!(room_on(store).state().full_sync_reply, None);
+    }
+
+    /// A member that does not drain its queues: past [`UPDATE_QUEUE_BYTES`] it is removed
+    /// (lagged, closed with 1013 by its session) long before the queue is full in frames, and
+    /// past [`AWARENESS_QUEUE_BYTES`] its awareness frames are dropped (and it is flagged).
+    #[test]
+    fn member_queues_are_bounded_in_bytes() {
+        let room = room();
+        let (stalled, _) = room.subscribe(1);
+        let (mut reader, _) = room.subscribe(2);
+        let writer = Doc::with_client_id(9);
+        let root = writer.get_or_insert_text("text");
+        let piece = "x".repeat(1 << 20);
+        let mut sent = 0;
+        while !stalled.signals.lagged() {
+            let update = {
+                let mut txn = writer.transact_mut();
+                root.insert(&mut txn, 0, &piece);
+                txn.encode_update_v1()
+            };
+            room.apply_update(&update).unwrap();
+            while reader.updates.try_recv().is_ok() {}
+            sent += 1;
+            assert!(sent <= 64, "still a member after {sent} MiB");
+        }
+        assert!(
+            (UPDATE_QUEUE_BYTES >> 20..=(UPDATE_QUEUE_BYTES >> 20) + 1).contains(&sent),
+            "removed after {sent} frames of 1 MiB"
+        );
+        assert_eq!(
+            room.state().members.len(),
+            1,
+            "only the stalled member was removed"
+        );
+
+        let mut controlled = HashSet::new();
+        let state = format!("{{\"name\":\"{}\"}}", "y".repeat(100 << 10));
+        let frames = AWARENESS_QUEUE_BYTES / state.len() + 2;
+        assert!(frames < AWARENESS_QUEUE_CAPACITY);
+        let (mut watcher, _) = room.subscribe(3);
+        for clock in 1..=frames as u32 {
+            let mut payload = Vec::new();
+            use yrs::encoding::write::Write;
+            payload.write_var(1u32);
+            payload.write_var(77u32);
+            payload.write_var(clock);
+            payload.write_string(&state);
+            room.apply_awareness(&payload, &mut controlled).unwrap();
+        }
+        assert!(watcher.signals.take_awareness_dropped());
+        let queued: usize = std::iter::from_fn(|| watcher.awareness.try_recv().ok())
+            .map(|frame| frame.len())
+            .sum();
+        assert!(queued <= AWARENESS_QUEUE_BYTES, "{queued} bytes queued");
     }
 
     #[test]
