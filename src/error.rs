@@ -155,6 +155,12 @@ pub enum ApplyError {
     Store(#[from] StoreError),
     #[error("the room was deleted")]
     RoomDeleted,
+    /// The server is shutting down: nothing is applied once it began.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The room was taken out of service after an internal failure (a panic in yrs).
+    #[error("the room failed internally and was taken out of service")]
+    RoomBroken,
 }
 
 /// A failure of the document store.
@@ -166,6 +172,15 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A write failed earlier and the store has not recovered yet: writes are refused.
+    #[error("the store refuses writes until it recovers from an earlier failure")]
+    Failing,
+    /// A write refused on purpose by [`crate::store::FailingStore`].
+    #[error("{op} refused by the failing test store")]
+    Injected { op: &'static str },
+    /// A store operation did not finish in time (a flush wedged on a full disk).
+    #[error("{op} did not finish within {seconds} s")]
+    TimedOut { op: &'static str, seconds: u64 },
 }
 
 /// A room name the server refuses.
