@@ -178,6 +178,14 @@ pub enum StoreError {
     /// A write refused on purpose by [`crate::store::FailingStore`].
     #[error("{op} refused by the failing test store")]
     Injected { op: &'static str },
+    /// Refused before writing: too little free disk space for a large value (see
+    /// `SledStore`'s blob guard).
+    #[error("{needed} bytes of free disk space needed for a {len}-byte value, {available} free")]
+    NoSpace {
+        len: usize,
+        needed: u64,
+        available: u64,
+    },
     /// A store operation did not finish in time (a flush wedged on a full disk).
     #[error("{op} did not finish within {seconds} s")]
     TimedOut { op: &'static str, seconds: u64 },

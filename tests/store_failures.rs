@@ -16,20 +16,17 @@ use ycord::ServeConfig;
 use ycord::store::{DocStore, FailingStore, SledStore};
 use yrs::{Doc, Text};
 
-fn failing_server(
-    adjust: impl FnOnce(&mut ServeConfig),
-) -> impl Future<Output = (TestServer, Arc<FailingStore>)> {
-    async move {
-        let mut handle = None;
-        let server = TestServer::start_with_store(adjust, |config| {
-            let sled = SledStore::open(&config.data_dir).unwrap();
-            let store = Arc::new(FailingStore::new(Arc::new(sled)));
-            handle = Some(store.clone());
-            store as Arc<dyn DocStore>
-        })
-        .await;
-        (server, handle.unwrap())
-    }
+/// A server on a [`FailingStore`] over the sled store of its data directory.
+async fn failing_server(adjust: impl FnOnce(&mut ServeConfig)) -> (TestServer, Arc<FailingStore>) {
+    let mut handle = None;
+    let server = TestServer::start_with_store(adjust, |config| {
+        let sled = SledStore::open(&config.data_dir).unwrap();
+        let store = Arc::new(FailingStore::new(Arc::new(sled)));
+        handle = Some(store.clone());
+        store as Arc<dyn DocStore>
+    })
+    .await;
+    (server, handle.unwrap())
 }
 
 fn http_base(server: &TestServer) -> String {
