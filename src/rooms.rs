@@ -454,12 +454,38 @@ impl Rooms {
 
     /// Writes every loaded room (see [`Room::write_log`]) and flushes the store once: the
     /// shutdown path, after nothing is applied any more. Rooms stay loaded.
+    ///
+    /// Once that is durable, rooms with a log are compacted (so that the next start loads
+    /// snapshots) and flushed again, for at most [`WRITE_ROUND_TIMEOUT`]: nothing depends on
+    /// it, and a room not compacted in time keeps its log.
     pub async fn persist_all(&self) -> Result<(), StoreError> {
         let generation = self.health.generation();
         let failing = self.health.is_failing();
         let rooms = self.loaded().await;
-        self.write_round(rooms, failing).await?;
+        self.write_round(rooms.clone(), failing).await?;
         self.health.recovered(generation);
+        let store = self.store.clone();
+        let deadline = Instant::now() + WRITE_ROUND_TIMEOUT;
+        let compaction = tokio::task::spawn_blocking(move || {
+            for room in &rooms {
+                if Instant::now() >= deadline {
+                    tracing::info!("compaction at shutdown stopped at its deadline");
+                    break;
+                }
+                if let Err(error) = room.compact() {
+                    tracing::warn!(room = %room.name(), %error, "compaction at shutdown failed; the log is on disk");
+                }
+            }
+            store.flush()
+        });
+        match tokio::time::timeout(WRITE_ROUND_TIMEOUT + Duration::from_secs(1), compaction).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "flushing the compactions at shutdown failed; the log is on disk")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "compaction task at shutdown failed"),
+            Err(_) => tracing::warn!("compaction at shutdown did not finish; the log is on disk"),
+        }
         Ok(())
     }
 

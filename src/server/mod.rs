@@ -242,7 +242,8 @@ impl Server {
 
     /// Starts a graceful shutdown: from this call on nothing is applied; then stop accepting,
     /// close every socket with 1001 (within [`SESSION_DRAIN_TIMEOUT`]), write every room's log
-    /// and flush once (within [`crate::rooms::WRITE_ROUND_TIMEOUT`]).
+    /// and flush once (within [`crate::rooms::WRITE_ROUND_TIMEOUT`]), then compact what time
+    /// allows (see [`Rooms::persist_all`]).
     pub fn shutdown(&self) {
         self.health.close();
         self.shutdown.cancel();
