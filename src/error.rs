@@ -155,6 +155,12 @@ pub enum ApplyError {
     Store(#[from] StoreError),
     #[error("the room was deleted")]
     RoomDeleted,
+    /// The server is shutting down: nothing is applied once it began.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The room was taken out of service after an internal failure (a panic in yrs).
+    #[error("the room failed internally and was taken out of service")]
+    RoomBroken,
 }
 
 /// A failure of the document store.
@@ -169,6 +175,23 @@ pub enum StoreError {
     /// The room has a tombstone: writes to it are refused until it is undeleted.
     #[error("room {0:?} was deleted")]
     RoomDeleted(String),
+    /// A write failed earlier and the store has not recovered yet: writes are refused.
+    #[error("the store refuses writes until it recovers from an earlier failure")]
+    Failing,
+    /// A write refused on purpose by [`crate::store::FailingStore`].
+    #[error("{op} refused by the failing test store")]
+    Injected { op: &'static str },
+    /// Refused before writing: too little free disk space for a large value (see
+    /// `SledStore`'s blob guard).
+    #[error("{needed} bytes of free disk space needed for a {len}-byte value, {available} free")]
+    NoSpace {
+        len: usize,
+        needed: u64,
+        available: u64,
+    },
+    /// A store operation did not finish in time (a flush wedged on a full disk).
+    #[error("{op} did not finish within {seconds} s")]
+    TimedOut { op: &'static str, seconds: u64 },
 }
 
 /// A room name the server refuses.

@@ -46,6 +46,18 @@ pub struct Metrics {
     pub webhooks_sent: Counter,
     pub webhooks_failed: Counter,
     pub webhook_events_dropped: Counter,
+    /// 1 while the store refuses writes (see `store::health`), else 0.
+    pub store_failing: Gauge,
+    /// Failed store operations, by `op`: append, compact, flush, check.
+    pub store_errors: Family<Op, Counter>,
+    /// Rooms taken out of service after a panic inside their critical section.
+    pub rooms_broken: Counter,
+}
+
+/// A label naming a store operation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    pub op: &'static str,
 }
 
 impl Default for Metrics {
@@ -81,6 +93,9 @@ impl Metrics {
             webhooks_sent: Counter::default(),
             webhooks_failed: Counter::default(),
             webhook_events_dropped: Counter::default(),
+            store_failing: Gauge::default(),
+            store_errors: Family::default(),
+            rooms_broken: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -194,6 +209,21 @@ impl Metrics {
             "Webhook events dropped because a queue was full",
             metrics.webhook_events_dropped.clone(),
         );
+        r.register(
+            "store_failing",
+            "1 while the store refuses writes after a failure, until it recovers",
+            metrics.store_failing.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed store operations, by operation",
+            metrics.store_errors.clone(),
+        );
+        r.register(
+            "rooms_broken",
+            "Rooms taken out of service after an internal failure (a panic in yrs)",
+            metrics.rooms_broken.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -212,6 +242,11 @@ impl Metrics {
         self.limit_hits
             .get_or_create(&Reason { reason: limit })
             .inc();
+    }
+
+    /// Counts a failed store operation.
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors.get_or_create(&Op { op }).inc();
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -241,6 +276,14 @@ mod tests {
         assert!(text.contains("ycord_update_received_bytes_total"), "{text}");
         assert!(
             text.contains("ycord_persist_flush_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("ycord_store_failing 0"), "{text}");
+        metrics.store_error("flush");
+        assert!(
+            metrics
+                .render()
+                .contains("ycord_store_errors_total{op=\"flush\"} 1"),
             "{text}"
         );
     }

@@ -199,9 +199,20 @@ impl Peer {
                 Refusal::new(close_code::ROOM_DELETED, "room deleted")
             }
             ApplyError::Store(_) => {
-                tracing::error!(%error, "storage failed");
-                Refusal::new(close_code::INTERNAL_ERROR, "storage failed")
+                tracing::warn!(%error, "update refused: storage failing");
+                Refusal::new(
+                    close_code::INTERNAL_ERROR,
+                    "storage failing: this change may not be saved; reconnect and resend it",
+                )
             }
+            ApplyError::ShuttingDown => Refusal::new(
+                close_code::GOING_AWAY,
+                "server shutting down: this change was not applied; resend it after reconnecting",
+            ),
+            ApplyError::RoomBroken => Refusal::new(
+                close_code::INTERNAL_ERROR,
+                "the room failed internally; reconnect and resend your changes",
+            ),
             // Handled in `apply_update`; awareness never reports it.
             ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. } => {
                 Refusal::new(close_code::INTERNAL_ERROR, error.to_string())

@@ -27,7 +27,8 @@ use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
 use crate::protocol::{self, DecodedUpdate};
 use crate::queue;
-use crate::store::DocStore;
+use crate::store::health::Refused;
+use crate::store::{DocStore, StoreHealth, StoreOp};
 use crate::webhooks::{ChangeFlag, Webhooks};
 
 /// Longest room name accepted, in bytes.
@@ -187,6 +188,10 @@ struct RoomState {
     /// Updates and bytes appended since the last compaction.
     log_updates: u64,
     log_bytes: u64,
+    /// The store's failure generation when this room last wrote a full snapshot (or joined the
+    /// store's health). While it differs from the current one, a failure may have left a hole in
+    /// the room's log, and the next write must be a snapshot (see [`crate::store::health`]).
+    snapshot_generation: u64,
     /// Size of the last snapshot (uncompressed v1); with `log_bytes`, the document's size.
     snapshot_bytes: u64,
     /// When the document last changed (ms since the epoch; 0 if never recorded).
@@ -203,6 +208,11 @@ pub struct Room {
     name: Arc<str>,
     state: Mutex<RoomState>,
     store: Arc<dyn DocStore>,
+    /// Whether the store takes writes; shared with the registry and every other room.
+    health: Arc<StoreHealth>,
+    /// Set when a panic inside the room's critical section left its document in doubt: the
+    /// room serves nobody any more and is reloaded from the store (see [`Room::is_broken`]).
+    broken: AtomicBool,
     config: RoomConfig,
     metrics: Arc<Metrics>,
     /// Open connections, counted by the registry (which changes it only under its slot lock,
@@ -287,6 +297,7 @@ impl Room {
                 awareness: Awareness::new(doc),
                 members: HashMap::new(),
                 next_seq: stored.next_seq,
+                snapshot_generation: 0,
                 unwritten: Vec::new(),
                 unwritten_bytes: 0,
                 log_updates: stored.log.len() as u64,
@@ -298,6 +309,8 @@ impl Room {
             }),
             name,
             store,
+            health: Arc::new(StoreHealth::new(metrics.clone())),
+            broken: AtomicBool::new(false),
             config,
             metrics,
             connections: AtomicUsize::new(0),
@@ -315,10 +328,55 @@ impl Room {
         &self.name
     }
 
+    /// Makes the room report to, and obey, the store health the registry shares among its
+    /// rooms (a room loaded alone, by the admin tools, has its own).
+    pub fn with_store_health(mut self, health: Arc<StoreHealth>) -> Room {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.snapshot_generation = health.generation();
+        self.health = health;
+        self
+    }
+
+    /// The room's state, locked. A panic inside the critical section (a yrs bug on hostile
+    /// input) poisons the lock and may have left the document half-changed: the room is then
+    /// taken out of service rather than served as it is.
     fn state(&self) -> MutexGuard<'_, RoomState> {
-        // A panic inside the critical section (a yrs bug on hostile input) must not take the
-        // room down for everyone: keep serving the state as it is.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                self.state.clear_poison();
+                self.take_out_of_service(&mut guard, "a panic while the room was locked");
+                guard
+            }
+        }
+    }
+
+    /// Panics while holding the room's lock, as a bug inside the critical section would.
+    #[cfg(test)]
+    pub(crate) fn with_state_locked_and_panic(&self) {
+        let _locked = self.state();
+        panic!("a bug while the room is locked");
+    }
+
+    /// Whether the room was taken out of service after an internal failure: it applies
+    /// nothing, has no members, and the registry reloads it from the store at the next join.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Marks the room broken and drops every member: their sessions close (1001) and the
+    /// clients reconnect to a room reloaded from the store, resending what it lacks. The
+    /// document is never written as a snapshot again; updates applied before the failure are
+    /// still written to the log (they were encoded before it).
+    fn take_out_of_service(&self, state: &mut RoomState, why: &str) {
+        if self.broken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(room = %self.name, why, "room taken out of service: its document may be inconsistent; it will be reloaded from the store");
+        self.metrics.rooms_broken.inc();
+        state.members.clear();
+        state.full_sync_reply = None;
     }
 
     /// Adds a member. Its queues start receiving every update applied from now on, and the
@@ -329,14 +387,17 @@ impl Room {
             queue::channel(AWARENESS_QUEUE_CAPACITY, AWARENESS_QUEUE_BYTES);
         let signals = Arc::new(MemberSignals::default());
         let mut state = self.state();
-        state.members.insert(
-            connection,
-            Member {
-                updates: update_tx,
-                awareness: awareness_tx,
-                signals: signals.clone(),
-            },
-        );
+        // A broken room keeps no members: the session finds its queue closed and ends.
+        if !self.is_broken() {
+            state.members.insert(
+                connection,
+                Member {
+                    updates: update_tx,
+                    awareness: awareness_tx,
+                    signals: signals.clone(),
+                },
+            );
+        }
         let greeting = Greeting {
             sync_step1: sync_step1_of(&state),
             awareness: full_awareness(&state.awareness),
@@ -394,6 +455,16 @@ impl Room {
         if state.deleted {
             return Err(ApplyError::RoomDeleted);
         }
+        if self.is_broken() {
+            return Err(ApplyError::RoomBroken);
+        }
+        // Nothing is applied while the store cannot write it or once shutdown began: the client
+        // is closed and resends after reconnecting, when it can be stored.
+        match self.health.accepting() {
+            Ok(()) => {}
+            Err(Refused::Failing) => return Err(ApplyError::Store(StoreError::Failing)),
+            Err(Refused::Closed) => return Err(ApplyError::ShuttingDown),
+        }
         let mut measured = false;
         if state.snapshot_bytes + state.log_bytes + update.len() as u64 > self.config.max_doc_bytes
         {
@@ -412,10 +483,19 @@ impl Room {
         // (an item whose parent is not a shared type): what went in is stored and broadcast
         // like any change, so that the room in memory never holds what its log lacks (fuzzer
         // finding `partly-applied-update-not-stored`), and the update is then refused.
-        let (delta, refusal) = {
+        //
+        // A panic inside yrs is contained: the document may be half-changed, so the room is
+        // taken out of service (see [`Room::take_out_of_service`]) instead of served.
+        let integrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut txn = state.awareness.doc().transact_mut();
+            #[cfg(test)]
+            tests::panic_hook::maybe_panic();
             let refusal = integrate(&mut txn, decoded).err();
             (txn.encode_update_v1(), refusal)
+        }));
+        let Ok((delta, refusal)) = integrated else {
+            self.take_out_of_service(&mut state, "a panic in yrs while applying an update");
+            return Err(ApplyError::RoomBroken);
         };
         if delta == EMPTY_UPDATE {
             return refusal.map_or(Ok(Applied::Unchanged), Err);
@@ -441,13 +521,10 @@ impl Room {
             || state.log_bytes >= self.config.compact_log_bytes;
         drop(state);
         if let Some(batch) = batch {
-            // Members already have the change; a store failure is reported to the caller,
-            // which closes its connection with an internal error, and the compaction that
-            // follows stores the document from memory.
-            if let Err(error) = self.write_batch(batch) {
-                self.schedule_compaction();
-                return Err(error.into());
-            }
+            // Members already have the change and the document keeps it: a store failure
+            // is reported to the caller, which closes its connection (1011, resend), and the
+            // store's recovery writes the whole document as a snapshot (see `write_log`).
+            self.write_batch(batch)?;
         }
         if compaction_due {
             self.schedule_compaction();
@@ -458,20 +535,42 @@ impl Room {
         refusal.map_or(Ok(Applied::Changed), Err)
     }
 
-    /// Writes the updates applied since the last write as one log entry. Blocking; the flusher
-    /// calls it for every room before each flush, so that what was applied is durable within
-    /// the flush window.
+    /// Writes what the room applied since its last write: the unwritten updates as one log
+    /// entry or, when a store failure since the room's last snapshot may have left a hole in
+    /// its log, the whole document as a snapshot that covers the hole (later log entries would
+    /// otherwise depend on a missing one and be refused when the room loads). Blocking; the
+    /// flusher calls it for every room before each flush, so that what was applied is durable
+    /// within the flush window, and again after a failure until the store recovers.
     pub fn write_log(&self) -> Result<(), StoreError> {
-        let batch = take_unwritten(&mut self.state());
-        batch.map_or(Ok(()), |batch| self.write_batch(batch))
+        let batch = {
+            let mut state = self.state();
+            if state.deleted {
+                return Ok(());
+            }
+            // A broken room's document is in doubt: never a snapshot of it.
+            if state.snapshot_generation != self.health.generation() && !self.is_broken() {
+                None
+            } else {
+                Some(take_unwritten(&mut state))
+            }
+        };
+        match batch {
+            None => self.compact(),
+            Some(batch) => batch.map_or(Ok(()), |batch| self.write_batch(batch)),
+        }
     }
 
+    /// Appends one taken batch. On failure the updates stay in the document, the store is
+    /// marked failing, and the failure's new generation makes the next write a snapshot.
     fn write_batch(&self, (seq, updates): (u64, Vec<Bytes>)) -> Result<(), StoreError> {
         let started = Instant::now();
         let written = self.store.append(&self.name, seq, &updates);
         self.metrics
             .persist_write_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &written {
+            self.health.failed(StoreOp::Append, Some(&self.name), error);
+        }
         written
     }
 
@@ -581,8 +680,9 @@ impl Room {
 
     /// Runs a compaction on the blocking pool unless one is already scheduled (inline when
     /// there is no runtime, as in the admin commands).
+    /// While the store is failing, its recovery writes every room (see `write_log`) instead.
     pub fn schedule_compaction(self: &Arc<Self>) {
-        if self.compacting.swap(true, Ordering::AcqRel) {
+        if self.health.is_failing() || self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
         let room = self.clone();
@@ -602,37 +702,50 @@ impl Room {
     ///
     /// The document is encoded under the state lock (a read transaction); compressing and
     /// writing happen after it is released, so edits keep flowing. Updates appended meanwhile
-    /// have higher sequence numbers and stay in the log.
+    /// have higher sequence numbers and stay in the log. The log counters only drop by what
+    /// the snapshot covers once it is written: a failed compaction is retried.
+    ///
+    /// After a store failure since the room's last snapshot the compaction is forced (even
+    /// with an empty log: the store may have dropped writes it had not flushed) and covers
+    /// every sequence number used so far, which closes any hole in the log.
     pub fn compact(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self
             .compaction_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (unwritten, snapshot, through_seq, last_change_ms) = {
+        let generation = self.health.generation();
+        let (unwritten, snapshot, through_seq, last_change_ms, covered) = {
             let mut state = self.state();
-            if state.log_updates == 0 || state.deleted {
+            let forced = state.snapshot_generation != generation;
+            if (state.log_updates == 0 && !forced) || state.deleted || self.is_broken() {
                 return Ok(());
             }
             // The unwritten updates get their sequence number under the same lock as the
             // snapshot that includes them, so `through_seq` covers them: had they been written
             // later under a number above it, they would merely be applied twice on load; had
             // they been numbered below it after the snapshot, newer updates could hide there.
-            let unwritten = take_unwritten(&mut state);
-            let snapshot = state
-                .awareness
-                .doc()
-                .transact()
-                .encode_state_as_update_v1(&StateVector::default());
-            state.log_updates = 0;
-            state.log_bytes = 0;
-            state.snapshot_bytes = snapshot.len() as u64;
-            // `next_seq` is never 0 here: `log_updates > 0` means something was loaded, written
-            // or just taken as `unwritten`.
+            // A forced snapshot does not write them at all: it covers them.
+            let unwritten = take_unwritten(&mut state).filter(|_| !forced);
+            let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                state
+                    .awareness
+                    .doc()
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default())
+            }));
+            let Ok(snapshot) = encoded else {
+                self.take_out_of_service(&mut state, "a panic in yrs while encoding a snapshot");
+                return Err(StoreError::Task("encoding the snapshot panicked".into()));
+            };
+            // A snapshot covers the sequence numbers below `next_seq`; reserve number 0 for one
+            // written before any log entry, so that no later entry can hide under it.
+            state.next_seq = state.next_seq.max(1);
             (
                 unwritten,
                 snapshot,
-                state.next_seq.saturating_sub(1),
+                state.next_seq - 1,
                 state.last_change_ms,
+                (state.log_updates, state.log_bytes),
             )
         };
         // Written first so that they are stored even if the compaction fails; it then removes
@@ -640,8 +753,22 @@ impl Room {
         if let Some(batch) = unwritten {
             self.write_batch(batch)?;
         }
-        self.store
-            .compact(&self.name, &snapshot, through_seq, last_change_ms)?;
+        if let Err(error) = self
+            .store
+            .compact(&self.name, &snapshot, through_seq, last_change_ms)
+        {
+            self.health
+                .failed(StoreOp::Compact, Some(&self.name), &error);
+            return Err(error);
+        }
+        {
+            let mut state = self.state();
+            state.log_updates = state.log_updates.saturating_sub(covered.0);
+            state.log_bytes = state.log_bytes.saturating_sub(covered.1);
+            state.snapshot_bytes = snapshot.len() as u64;
+            // A failure since `generation` was read keeps the next write a snapshot.
+            state.snapshot_generation = generation;
+        }
         self.metrics.compactions.inc();
         tracing::debug!(room = %self.name, bytes = snapshot.len(), through_seq, "compacted");
         Ok(())
@@ -1001,6 +1128,26 @@ mod tests {
     use super::*;
     use crate::store::SledStore;
     use yrs::{Map, Text};
+
+    /// A panic inside the critical section on demand, for this thread only.
+    pub(super) mod panic_hook {
+        use std::cell::Cell;
+
+        thread_local! {
+            static ARMED: Cell<bool> = const { Cell::new(false) };
+        }
+
+        /// The next update this thread applies panics inside yrs's transaction.
+        pub fn arm() {
+            ARMED.with(|armed| armed.set(true));
+        }
+
+        pub fn maybe_panic() {
+            if ARMED.with(|armed| armed.replace(false)) {
+                panic!("injected panic inside the room's critical section");
+            }
+        }
+    }
 
     fn room() -> Arc<Room> {
         room_on(Arc::new(SledStore::temporary().unwrap()))
@@ -1487,6 +1634,202 @@ mod tests {
         room.apply_update(&insert(&"y".repeat(MAX_UNWRITTEN_BYTES)))
             .unwrap();
         assert_eq!(store.stats("room").unwrap().log_entries, 1);
+    }
+
+    /// A room on a store that fails on demand, sharing the health its store failures go to.
+    fn failing_room() -> (Arc<crate::store::FailingStore>, Arc<StoreHealth>, Arc<Room>) {
+        let store = Arc::new(crate::store::FailingStore::new(Arc::new(
+            SledStore::temporary().unwrap(),
+        )));
+        let health = Arc::new(StoreHealth::new(Arc::new(Metrics::new())));
+        let config = RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        };
+        let room = Room::load(
+            "room".into(),
+            store.clone(),
+            config,
+            Arc::new(Metrics::new()),
+            None,
+        )
+        .unwrap()
+        .with_store_health(health.clone());
+        (store, health, Arc::new(room))
+    }
+
+    /// Client 7 typing `pieces` one after the other: each update depends on the one before.
+    fn typing(pieces: &[&str]) -> Vec<Vec<u8>> {
+        let doc = Doc::with_client_id(7);
+        let root = doc.get_or_insert_text("text");
+        pieces
+            .iter()
+            .map(|piece| {
+                let mut txn = doc.transact_mut();
+                let end = root.len(&txn);
+                root.insert(&mut txn, end, piece);
+                txn.encode_update_v1()
+            })
+            .collect()
+    }
+
+    /// A failed append leaves a hole in the log; the updates after it depend on the lost one.
+    /// Recovery writes a snapshot over the hole, so that a reload has every character.
+    #[test]
+    fn a_failed_append_is_covered_by_a_snapshot_and_later_updates_load() {
+        let (store, health, room) = failing_room();
+        let steps = typing(&["a", "b", "c", "d"]);
+        room.apply_update(&steps[0]).unwrap();
+        room.write_log().unwrap();
+        room.apply_update(&steps[1]).unwrap();
+        store.fail_appends(true);
+        assert!(room.write_log().is_err());
+        assert!(health.is_failing());
+        // While failing, nothing is applied: the client is told, and resends later.
+        assert!(matches!(
+            room.apply_update(&steps[2]),
+            Err(ApplyError::Store(StoreError::Failing))
+        ));
+        store.fail_appends(false);
+        let generation = health.generation();
+        room.write_log().unwrap();
+        assert!(store.load("room").unwrap().snapshot.is_some(), "a snapshot");
+        assert!(health.recovered(generation));
+        for step in &steps[2..] {
+            room.apply_update(step).unwrap();
+        }
+        room.write_log().unwrap();
+        let reloaded = room_on(store.clone());
+        assert_eq!(text(&reloaded), "abcd");
+        // The next write after recovery is an append again.
+        assert_eq!(store.stats("room").unwrap().log_entries, 1);
+    }
+
+    /// The batch an applying writer takes (too many unwritten updates) fails to append: the
+    /// writer is refused (its client is closed and resends), the room keeps the update.
+    #[test]
+    fn an_append_that_fails_while_applying_is_reported_and_kept_in_memory() {
+        let (store, health, room) = failing_room();
+        store.fail_appends(true);
+        let big = insert(&"y".repeat(MAX_UNWRITTEN_BYTES));
+        assert!(matches!(
+            room.apply_update(&big),
+            Err(ApplyError::Store(StoreError::Injected { op: "append" }))
+        ));
+        assert!(health.is_failing());
+        store.fail_appends(false);
+        room.write_log().unwrap();
+        assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    #[test]
+    fn a_failed_compaction_keeps_the_log_counters_and_is_retried() {
+        let (store, health, room) = failing_room();
+        for piece in ["one", "two", "three"] {
+            room.apply_update(&insert(piece)).unwrap();
+        }
+        room.write_log().unwrap();
+        store.fail_compactions(true);
+        assert!(room.compact().is_err());
+        assert!(health.is_failing());
+        assert_eq!(room.info().log_updates, 3, "nothing was compacted");
+        store.fail_compactions(false);
+        let generation = health.generation();
+        room.write_log().unwrap();
+        assert!(health.recovered(generation));
+        assert_eq!(room.info().log_updates, 0);
+        let stored = store.load("room").unwrap();
+        assert!(stored.snapshot.is_some() && stored.log.is_empty());
+        assert_eq!(room_on(store).encode_state(), room.encode_state());
+    }
+
+    /// After a store failure, even a room with nothing new writes a snapshot: the store may
+    /// have dropped what it had not flushed. Its sequence numbers stay above the snapshot's.
+    #[test]
+    fn after_a_failure_an_unchanged_room_writes_a_snapshot_too() {
+        let (store, health, room) = failing_room();
+        health.failed(StoreOp::Flush, None, &StoreError::Failing);
+        room.write_log().unwrap();
+        let stored = store.load("room").unwrap();
+        assert!(stored.snapshot.is_some());
+        assert_eq!(stored.next_seq, 1, "number 0 is the snapshot's");
+        assert!(health.recovered(health.generation()));
+        room.apply_update(&insert("after")).unwrap();
+        room.write_log().unwrap();
+        assert_eq!(text(&room_on(store)), "after");
+    }
+
+    #[test]
+    fn a_closed_store_refuses_updates() {
+        let (_store, health, room) = failing_room();
+        health.close();
+        assert!(matches!(
+            room.apply_update(&insert("late")),
+            Err(ApplyError::ShuttingDown)
+        ));
+        assert_eq!(room.encode_state(), EMPTY_UPDATE);
+    }
+
+    /// A panic inside yrs is contained: the writer gets an error, the room's members are
+    /// dropped, nothing more is applied, and no snapshot of the doubtful document is written.
+    /// What was applied before is still written to the log.
+    #[test]
+    fn a_panic_while_applying_takes_the_room_out_of_service() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let room = room_on(store.clone());
+        let (mut subscription, _) = room.subscribe(1);
+        room.apply_update(&insert("kept")).unwrap();
+        panic_hook::arm();
+        assert!(matches!(
+            room.apply_update(&insert("boom")),
+            Err(ApplyError::RoomBroken)
+        ));
+        assert!(room.is_broken());
+        assert_eq!(room.metrics.rooms_broken.get(), 1);
+        assert!(subscription.updates.try_recv().is_ok(), "the first update");
+        assert!(
+            matches!(
+                subscription.updates.try_recv(),
+                Err(queue::TryRecvError::Disconnected)
+            ),
+            "the member was dropped"
+        );
+        assert!(matches!(
+            room.apply_update(&insert("after")),
+            Err(ApplyError::RoomBroken)
+        ));
+        room.compact().unwrap();
+        room.write_log().unwrap();
+        let stored = store.load("room").unwrap();
+        assert!(stored.snapshot.is_none(), "no snapshot of a broken room");
+        assert_eq!(text(&room_on(store)), "kept");
+    }
+
+    /// A panic elsewhere while the room is locked poisons the lock: the room is not served as
+    /// it is but taken out of service.
+    #[test]
+    fn a_poisoned_room_is_taken_out_of_service() {
+        let room = room();
+        let (mut subscription, _) = room.subscribe(1);
+        let panicking = room.clone();
+        let panicked = std::thread::spawn(move || {
+            let _locked = panicking.state();
+            panic!("a bug while the room is locked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(!room.is_broken(), "noticed at the next lock");
+        assert!(matches!(
+            room.apply_update(&insert("x")),
+            Err(ApplyError::RoomBroken)
+        ));
+        assert!(room.is_broken());
+        assert!(matches!(
+            subscription.updates.try_recv(),
+            Err(queue::TryRecvError::Disconnected)
+        ));
     }
 
     /// A compaction takes the unwritten updates under the snapshot's sequence number, so that

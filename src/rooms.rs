@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::error::{JoinError, StoreError};
 use crate::metrics::{Metrics, Reason};
 use crate::room::{Room, RoomConfig};
-use crate::store::DocStore;
+use crate::store::{DocStore, StoreHealth, StoreOp};
 use crate::webhooks::Webhooks;
 
 enum Slot {
@@ -42,7 +43,22 @@ pub struct Rooms {
     loaded_count: std::sync::atomic::AtomicUsize,
     /// Room loads running at once (see [`max_concurrent_loads`]).
     loads: Semaphore,
+    /// Whether the store takes writes; shared with every room.
+    health: Arc<StoreHealth>,
+    /// When the store's recovery was last attempted (see [`RECOVERY_INTERVAL`]).
+    last_recovery: Mutex<Option<Instant>>,
+    /// A write round that outlived [`WRITE_ROUND_TIMEOUT`] and still runs on the blocking pool:
+    /// no other starts until it ends, so a wedged store holds one thread, not one per tick.
+    stuck: Mutex<Option<JoinHandle<Result<usize, StoreError>>>>,
 }
+
+/// How often a failing store is asked to recover: each attempt rewrites every loaded room.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest a write round (every room's log, then one flush) may take before the store counts
+/// as failing. A disk that stops completing writes would otherwise hold the flusher, and the
+/// shutdown, forever without anyone being told.
+pub const WRITE_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many rooms may be loaded at once: twice the cores. A load is mostly CPU (decoding and
 /// integrating the document), so more at once only finish later together; each one runs on
@@ -97,11 +113,19 @@ impl Rooms {
             store,
             config,
             limits,
-            metrics,
+            metrics: metrics.clone(),
             webhooks,
             loaded_count: std::sync::atomic::AtomicUsize::new(0),
             loads: Semaphore::new(max_concurrent_loads()),
+            health: Arc::new(StoreHealth::new(metrics.clone())),
+            last_recovery: Mutex::new(None),
+            stuck: Mutex::new(None),
         }
+    }
+
+    /// Whether the store takes writes (readiness, shutdown).
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
     }
 
     /// Rooms in memory now.
@@ -136,12 +160,26 @@ impl Rooms {
 
     /// Joins a room, loading it first if it is not in memory. The returned lease counts as a
     /// connection until dropped.
+    ///
+    /// While the store is failing nobody joins: a client would sync with a room whose changes
+    /// may not be on disk and take that for saved. It retries, and joins once the store
+    /// recovered. A broken room (see [`Room::is_broken`]) is unloaded and loaded again.
     pub async fn join(&self, name: &str) -> Result<RoomLease, JoinError> {
         loop {
+            if self.health.is_failing() {
+                return Err(JoinError::Store(StoreError::Failing));
+            }
             let slot = self.slot(name);
             let mut guard = slot.lock().await;
             let room = match &*guard {
                 Slot::Retired => continue,
+                Slot::Loaded(room) if room.is_broken() => {
+                    let room = room.clone();
+                    if !self.retire(name, &slot, &mut guard, &room).await {
+                        return Err(JoinError::Store(StoreError::Failing));
+                    }
+                    continue;
+                }
                 Slot::Loaded(room) => {
                     self.metrics
                         .room_lookups
@@ -200,7 +238,7 @@ impl Rooms {
             if let Slot::Loaded(room) = &*guard {
                 if room.idle_for().is_some() {
                     let room = room.clone();
-                    self.retire(&name, &slot, &mut guard, &room).await;
+                    let _ = self.retire(&name, &slot, &mut guard, &room).await;
                 }
             }
         }
@@ -215,9 +253,19 @@ impl Rooms {
             .collect()
     }
 
-    /// Compacts, flushes and forgets a room whose slot lock the caller holds.
-    async fn retire(&self, name: &str, slot: &SharedSlot, guard: &mut Slot, room: &Arc<Room>) {
-        self.unload(room).await;
+    /// Compacts, flushes and forgets a room whose slot lock the caller holds. A room whose
+    /// data could not be written stays loaded (returns `false`): memory is the only place that
+    /// holds it until the store recovers.
+    async fn retire(
+        &self,
+        name: &str,
+        slot: &SharedSlot,
+        guard: &mut Slot,
+        room: &Arc<Room>,
+    ) -> bool {
+        if !self.unload(room).await {
+            return false;
+        }
         *guard = Slot::Retired;
         self.forget(name, slot);
         self.count_loaded(-1);
@@ -226,6 +274,7 @@ impl Rooms {
         if let Some(webhooks) = &self.webhooks {
             webhooks.unloaded(room.name());
         }
+        true
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Room>, StoreError> {
@@ -240,10 +289,13 @@ impl Rooms {
             .await
             .map_err(|error| StoreError::Task(error.to_string()))?;
         let started = std::time::Instant::now();
-        let room =
-            tokio::task::spawn_blocking(move || Room::load(name, store, config, metrics, webhooks))
-                .await
-                .map_err(|error| StoreError::Task(error.to_string()))??;
+        let health = self.health.clone();
+        let room = tokio::task::spawn_blocking(move || {
+            Room::load(name, store, config, metrics, webhooks)
+                .map(|room| room.with_store_health(health))
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))??;
         tracing::debug!(room = %room.name(), elapsed_ms = started.elapsed().as_millis() as u64, "room loaded");
         if let Some(webhooks) = &self.webhooks {
             webhooks.loaded(room.name());
@@ -287,25 +339,44 @@ impl Rooms {
                 Slot::Retired => continue,
             };
             room.expire_awareness();
-            if room.idle_for().is_some_and(|elapsed| elapsed >= idle) {
-                self.retire(&name, &slot, &mut guard, &room).await;
+            // A failing store's rooms stay: their data may be nowhere else.
+            if room.idle_for().is_some_and(|elapsed| elapsed >= idle) && !self.health.is_failing() {
+                let _ = self.retire(&name, &slot, &mut guard, &room).await;
             }
         }
     }
 
-    /// Compacts and flushes a room that is leaving memory. Blocking work on the blocking pool.
-    async fn unload(&self, room: &Arc<Room>) {
+    /// Compacts and flushes a room that is leaving memory (a broken one: writes its log, never
+    /// a snapshot of its document). Blocking work on the blocking pool. Returns whether the
+    /// room's data is on disk, so that it may leave.
+    async fn unload(&self, room: &Arc<Room>) -> bool {
+        if self.health.is_failing() {
+            return false;
+        }
         let room = room.clone();
         let store = self.store.clone();
+        let health = self.health.clone();
         let result = tokio::task::spawn_blocking(move || {
-            room.compact()?;
-            store.flush()
+            if room.is_broken() {
+                room.write_log()?;
+            } else {
+                room.compact()?;
+            }
+            store.flush().inspect_err(|error| {
+                health.failed(StoreOp::Flush, Some(room.name()), error);
+            })
         })
         .await;
         match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "compaction on unload failed"),
-            Err(error) => tracing::error!(%error, "compaction task failed"),
+            Ok(Ok(_)) => true,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "writing a room on unload failed; it stays in memory");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "unload task failed; the room stays in memory");
+                false
+            }
         }
     }
 
@@ -371,44 +442,126 @@ impl Rooms {
     /// store: everything applied so far becomes durable. Returns the bytes flushed. A room
     /// whose slot is busy at this moment (a join holds it for microseconds; eviction and
     /// deletion write or discard the log themselves) is left for the next flush.
+    ///
+    /// While the store is failing, this is its recovery (at most every [`RECOVERY_INTERVAL`]):
+    /// the store recovers ([`DocStore::recover`]), every loaded room writes its whole document
+    /// as a snapshot, and one flush; the store is healthy again once all of that succeeded
+    /// without a new failure meanwhile.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        let rooms: Vec<Arc<Room>> = self
-            .all_slots()
-            .iter()
-            .filter_map(|(_, slot)| match &*slot.try_lock().ok()? {
-                Slot::Loaded(room) => Some(room.clone()),
-                _ => None,
-            })
-            .collect();
+        let failing = self.health.is_failing();
+        if failing {
+            let mut last = self
+                .last_recovery
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < RECOVERY_INTERVAL) {
+                return Err(StoreError::Failing);
+            }
+            *last = Some(Instant::now());
+        }
+        let generation = self.health.generation();
+        let rooms: Vec<Arc<Room>> = if failing {
+            // Every room, waiting for busy slots: the store is healthy only once all are written.
+            self.loaded().await
+        } else {
+            self.all_slots()
+                .iter()
+                .filter_map(|(_, slot)| match &*slot.try_lock().ok()? {
+                    Slot::Loaded(room) => Some(room.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let flushed = self.write_round(rooms, failing).await?;
+        if failing && self.health.recovered(generation) {
+            tracing::info!("store recovered");
+        }
+        Ok(flushed)
+    }
+
+    /// Writes every loaded room (see [`Room::write_log`]) and flushes the store once: the
+    /// shutdown path, after nothing is applied any more. Rooms stay loaded.
+    ///
+    /// Once that is durable, rooms with a log are compacted (so that the next start loads
+    /// snapshots) and flushed again, for at most [`WRITE_ROUND_TIMEOUT`]: nothing depends on
+    /// it, and a room not compacted in time keeps its log.
+    pub async fn persist_all(&self) -> Result<(), StoreError> {
+        let generation = self.health.generation();
+        let failing = self.health.is_failing();
+        let rooms = self.loaded().await;
+        self.write_round(rooms.clone(), failing).await?;
+        self.health.recovered(generation);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WRITE_ROUND_TIMEOUT;
+        let compaction = tokio::task::spawn_blocking(move || {
             for room in &rooms {
-                if let Err(error) = room.write_log() {
-                    // The updates are in memory: a compaction stores them all.
-                    tracing::error!(room = %room.name(), %error, "writing the log failed");
-                    room.schedule_compaction();
+                if Instant::now() >= deadline {
+                    tracing::info!("compaction at shutdown stopped at its deadline");
+                    break;
+                }
+                if let Err(error) = room.compact() {
+                    tracing::warn!(room = %room.name(), %error, "compaction at shutdown failed; the log is on disk");
                 }
             }
             store.flush()
-        })
-        .await
-        .map_err(|error| StoreError::Task(error.to_string()))?
+        });
+        match tokio::time::timeout(WRITE_ROUND_TIMEOUT + Duration::from_secs(1), compaction).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "flushing the compactions at shutdown failed; the log is on disk")
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "compaction task at shutdown failed"),
+            Err(_) => tracing::warn!("compaction at shutdown did not finish; the log is on disk"),
+        }
+        Ok(())
     }
 
-    /// Compacts every loaded room and flushes the store: the shutdown path. Rooms stay loaded.
-    pub async fn persist_all(&self) -> Result<(), StoreError> {
-        let rooms = self.loaded().await;
+    /// One write round on the blocking pool: recover the store first if asked, then every
+    /// room's log (or snapshot), then one flush. The first error is returned after every room
+    /// had its turn. Bounded by [`WRITE_ROUND_TIMEOUT`].
+    async fn write_round(&self, rooms: Vec<Arc<Room>>, recover: bool) -> Result<usize, StoreError> {
+        {
+            let mut stuck = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+            if stuck.as_ref().is_some_and(|round| !round.is_finished()) {
+                return Err(StoreError::TimedOut {
+                    op: "flush",
+                    seconds: WRITE_ROUND_TIMEOUT.as_secs(),
+                });
+            }
+            *stuck = None;
+        }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        let health = self.health.clone();
+        let mut round = tokio::task::spawn_blocking(move || {
+            if recover {
+                store.recover().inspect_err(|error| {
+                    health.failed(StoreOp::Check, None, error);
+                })?;
+            }
+            let mut first_error = None;
             for room in &rooms {
-                if let Err(error) = room.compact() {
-                    tracing::error!(room = %room.name(), %error, "compaction at shutdown failed");
+                // The room reported the failure to the store's health.
+                if let Err(error) = room.write_log() {
+                    first_error.get_or_insert(error);
                 }
             }
-            store.flush().map(|_| ())
-        })
-        .await
-        .map_err(|error| StoreError::Task(error.to_string()))?
+            let flushed = store.flush().inspect_err(|error| {
+                health.failed(StoreOp::Flush, None, error);
+            })?;
+            first_error.map_or(Ok(flushed), Err)
+        });
+        match tokio::time::timeout(WRITE_ROUND_TIMEOUT, &mut round).await {
+            Ok(result) => result.map_err(|error| StoreError::Task(error.to_string()))?,
+            Err(_) => {
+                let error = StoreError::TimedOut {
+                    op: "flush",
+                    seconds: WRITE_ROUND_TIMEOUT.as_secs(),
+                };
+                self.health.failed(StoreOp::Flush, None, &error);
+                *self.stuck.lock().unwrap_or_else(PoisonError::into_inner) = Some(round);
+                Err(error)
+            }
+        }
     }
 }
 
@@ -420,7 +573,7 @@ mod tests {
 
     use super::*;
     use crate::error::ApplyError;
-    use crate::store::{RoomStats, SledStore, StoredDoc};
+    use crate::store::{FailingStore, RoomStats, SledStore, StoredDoc};
 
     /// A store whose loads take a while and count how many run at once.
     struct SlowLoads {
@@ -521,7 +674,7 @@ mod tests {
         }
     }
 
-    fn test_rooms(store: Arc<dyn DocStore>) -> Arc<Rooms> {
+    fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {
         let config = RoomConfig {
             compact_log_updates: u64::MAX,
             compact_log_bytes: u64::MAX,
@@ -532,13 +685,7 @@ mod tests {
             max_rooms: 1000,
             max_connections_per_room: 10,
         };
-        Arc::new(Rooms::new(
-            store,
-            config,
-            limits,
-            Arc::new(Metrics::new()),
-            None,
-        ))
+        Rooms::new(store, config, limits, Arc::new(Metrics::new()), None)
     }
 
     /// An update large enough that applying it writes it to the store at once.
@@ -563,7 +710,7 @@ mod tests {
             held: std::sync::Mutex::new(held_tx),
             release: std::sync::Mutex::new(release_rx),
         });
-        let rooms = test_rooms(store.clone());
+        let rooms = rooms_on(store.clone());
         let lease = rooms.join("doomed").await.unwrap();
         let room = lease.room().clone();
         let writer = std::thread::spawn(move || room.apply_update(&large_insert()));
@@ -601,6 +748,103 @@ mod tests {
         let lease = rooms.join("doomed").await.unwrap();
         assert_eq!(lease.room().encode_state(), vec![0, 0]);
         assert!(!rooms.undelete("doomed").await.unwrap());
+    }
+
+    fn insert(text: &str) -> Vec<u8> {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::new();
+        let root = doc.get_or_insert_text("text");
+        let mut txn = doc.transact_mut();
+        root.insert(&mut txn, 0, text);
+        txn.encode_update_v1()
+    }
+
+    /// The flush that follows a failure is the recovery; it may run once a second.
+    async fn recover(rooms: &Rooms) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rooms.flush().await.is_err() || rooms.health().is_failing() {
+            assert!(std::time::Instant::now() < deadline, "no recovery");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An idle room whose data could not be flushed stays in memory (the only place that holds
+    /// it) until the store recovers, then leaves with everything written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_whose_data_is_not_on_disk_is_not_unloaded() {
+        let store = Arc::new(FailingStore::new(Arc::new(SledStore::temporary().unwrap())));
+        let rooms = rooms_on(store.clone());
+        let lease = rooms.join("doc").await.unwrap();
+        lease.room().apply_update(&insert("precious")).unwrap();
+        drop(lease);
+        store.fail_flushes(true);
+        rooms.sweep(Duration::ZERO).await;
+        assert_eq!(rooms.loaded_count(), 1, "kept while its flush fails");
+        assert!(rooms.health().is_failing());
+        assert!(matches!(
+            rooms.join("doc").await,
+            Err(JoinError::Store(StoreError::Failing))
+        ));
+        rooms.sweep(Duration::ZERO).await;
+        assert_eq!(rooms.loaded_count(), 1, "kept while the store is failing");
+        store.fail_flushes(false);
+        recover(&rooms).await;
+        rooms.sweep(Duration::ZERO).await;
+        assert_eq!(rooms.loaded_count(), 0, "unloaded once written");
+        let lease = rooms.join("doc").await.unwrap();
+        assert_eq!(lease.room().to_json()["text"], "precious");
+    }
+
+    /// Every write failing (a full disk): the store recovers by itself once they pass again,
+    /// and every room's document is on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_store_recovers_and_rewrites_every_room() {
+        let store = Arc::new(FailingStore::new(Arc::new(SledStore::temporary().unwrap())));
+        let rooms = rooms_on(store.clone());
+        let first = rooms.join("first").await.unwrap();
+        let second = rooms.join("second").await.unwrap();
+        first.room().apply_update(&insert("one")).unwrap();
+        rooms.flush().await.unwrap();
+        second.room().apply_update(&insert("two")).unwrap();
+        store.fail_everything(true);
+        assert!(rooms.flush().await.is_err());
+        assert!(rooms.health().is_failing());
+        assert!(rooms.flush().await.is_err(), "still failing");
+        store.fail_everything(false);
+        recover(&rooms).await;
+        for room in ["first", "second"] {
+            let stored = store.load(room).unwrap();
+            assert!(
+                stored.snapshot.is_some(),
+                "{room} was written as a snapshot"
+            );
+        }
+        drop((first, second));
+        assert!(
+            rooms
+                .metrics
+                .store_errors
+                .get_or_create(&crate::metrics::Op { op: "flush" })
+                .get()
+                >= 1
+        );
+    }
+
+    /// A room taken out of service is reloaded from the store by the next join.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_room_is_reloaded_at_the_next_join() {
+        let rooms = rooms_on(Arc::new(SledStore::temporary().unwrap()));
+        let lease = rooms.join("doc").await.unwrap();
+        let room = lease.room().clone();
+        room.apply_update(&insert("kept")).unwrap();
+        let poisoner = room.clone();
+        let _ = std::thread::spawn(move || poisoner.with_state_locked_and_panic()).join();
+        assert!(room.apply_update(&insert("lost")).is_err());
+        assert!(room.is_broken());
+        drop(lease);
+        let lease = rooms.join("doc").await.unwrap();
+        assert!(!Arc::ptr_eq(lease.room(), &room), "a fresh room");
+        assert_eq!(lease.room().to_json()["text"], "kept");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -357,3 +357,181 @@ fn listen_addr_parses_text_and_json_logs() {
     assert_eq!(listen_addr(json), Some("127.0.0.1:9".parse().unwrap()));
     assert_eq!(listen_addr("INFO shutting down\n"), None);
 }
+
+/// A tmpfs mounted over a directory for one test, unmounted when dropped, also when the test
+/// fails (drop it after the server that uses it).
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) over `dir`, or says why not.
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|error| error.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|error| error.to_string())?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Grows (or shrinks) the mounted tmpfs.
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting {} failed", self.dir.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // Still busy (a child not reaped yet): detach it; it goes once unused.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// `GET http://addr/readyz`'s status.
+async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let response = reqwest::Client::builder()
+        .timeout(common::WAIT)
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// Letters that lz4 cannot shrink much, as typed text: `len` of them from `seed`.
+fn typed_letters(seed: &mut u64, len: usize) -> String {
+    (0..len)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(b'a' + ((*seed >> 33) % 26) as u8)
+        })
+        .collect()
+}
+
+/// The data directory on a 3 MB tmpfs that a client fills by typing: the server refuses more
+/// (close 1011 "resend", joins refused, `/readyz` 503) and keeps what it applied in memory;
+/// once the tmpfs grows it recovers by itself (`/readyz` 200 again, no restart), the client
+/// reconnects and resends, and after a restart every character it typed is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_survived_and_recovered_from_without_a_restart() {
+    const CHUNK: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("disk");
+    let tmpfs = match Tmpfs::mount(&mount, "3m") {
+        Ok(tmpfs) => tmpfs,
+        Err(error) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {error}");
+            return;
+        }
+    };
+    let data = mount.join("data");
+    let mut server = Ycord::start(&data, &["--flush-ms", "50"]).await;
+    let url = server.url("doc");
+    let doc = Doc::new();
+    let root = doc.get_or_insert_text("text");
+    let mut seed = 7;
+    let client = Client::connect_with_doc(&url, doc.clone()).await;
+    // Type until the server says the store is failing.
+    let mut typed = 0;
+    loop {
+        assert!(
+            typed < 16 << 20,
+            "typed {typed} chars and the 3 MB disk never filled; output:\n{}",
+            server.output()
+        );
+        if client.ended() {
+            break;
+        }
+        let piece = typed_letters(&mut seed, CHUNK);
+        client
+            .edit(|txn| {
+                let end = root.len(txn);
+                root.insert(txn, end, &piece);
+            })
+            .await;
+        typed += CHUNK;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if typed % (50 * CHUNK) == 0 && readyz(server.addr).await == 503 {
+            // The next edit is refused: the client is closed.
+            continue;
+        }
+    }
+    let (code, reason) = client.wait_closed().await.expect("a close frame");
+    assert_eq!(code, 1011, "{reason}; output:\n{}", server.output());
+    assert!(reason.contains("resend"), "{reason}");
+    assert_eq!(readyz(server.addr).await, 503, "{}", server.output());
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("joining while the disk is full must be refused, got {other:?}"),
+    }
+    eprintln!("disk full after {typed} chars typed");
+    // The store retries every second meanwhile (reopening sled, rewriting the room): while the
+    // disk stays full it stays failing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(readyz(server.addr).await, 503, "{}", server.output());
+    // Room enough to reopen sled but not for the room's snapshot (about 900 KB): refused
+    // before sled writes it, since a failed blob write would wedge sled for good.
+    tmpfs.resize("3500k");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(readyz(server.addr).await, 503, "{}", server.output());
+    tmpfs.resize("64m");
+    let grown = tokio::time::Instant::now();
+    while readyz(server.addr).await != 200 {
+        assert!(
+            grown.elapsed() < Duration::from_secs(20),
+            "/readyz stayed 503 after the disk grew; output:\n{}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ready again {:?} after the disk grew", grown.elapsed());
+    // The client reconnects with everything it has (its SyncStep2) and types on.
+    client.close().await;
+    let client = Client::connect_with_doc(&url, doc.clone()).await;
+    let expected = make_edits(&client, "after", EDITS).await;
+    assert_eq!(expected.chars().count(), text(&doc, "text").chars().count());
+    stop_gracefully(&mut server, &client, "TERM").await;
+    let server = Ycord::start(&data, &[]).await;
+    let stored = fresh_text(&server, "doc").await;
+    assert_eq!(
+        stored.chars().count(),
+        expected.chars().count(),
+        "characters lost across the full disk; output:\n{}",
+        server.output()
+    );
+    assert!(stored == expected);
+    let mut server = server;
+    server.signal("KILL");
+    server.wait_exit(EXIT_WAIT).await;
+    drop(tmpfs);
+}

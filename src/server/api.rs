@@ -329,7 +329,16 @@ fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {
         }
         Err(error @ ApplyError::Store(_)) => {
             tracing::error!(%error, "API update failed");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "storage failed")
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage failing: the update may not be saved; retry later",
+            )
+        }
+        Err(ApplyError::ShuttingDown) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+        Err(error @ ApplyError::RoomBroken) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
         }
     }
 }

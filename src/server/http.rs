@@ -10,6 +10,7 @@ use warp::{Filter, Reply};
 use super::{Shared, auth_reason};
 use crate::auth::{AuthError, token_from_request};
 use crate::metrics::Metrics;
+use crate::store::StoreOp;
 
 /// Extracts the request's token (`?token=` or `Authorization: Bearer`), if any.
 pub(super) fn credentials()
@@ -93,11 +94,17 @@ async fn readyz(shared: Arc<Shared>) -> warp::reply::Response {
     if shared.shutdown.is_cancelled() {
         return ready_reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    // A failed write keeps the store failing until the flusher's recovery rewrote every room,
+    // whatever a probe write says meanwhile.
+    let health = shared.rooms.health().clone();
+    if health.is_failing() {
+        return ready_reply(StatusCode::SERVICE_UNAVAILABLE, "storage failing");
+    }
     let store = shared.rooms.store().clone();
     match tokio::task::spawn_blocking(move || store.check_writable()).await {
         Ok(Ok(())) => ready_reply(StatusCode::OK, "ready"),
         Ok(Err(error)) => {
-            tracing::error!(%error, "readiness: storage not writable");
+            health.failed(StoreOp::Check, None, &error);
             ready_reply(StatusCode::SERVICE_UNAVAILABLE, "storage not writable")
         }
         Err(_) => ready_reply(StatusCode::SERVICE_UNAVAILABLE, "storage check failed"),

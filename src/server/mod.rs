@@ -36,7 +36,7 @@ use crate::limit::IpRateLimiter;
 use crate::metrics::{Metrics, Reason};
 use crate::room::MAX_ROOM_NAME_BYTES;
 use crate::rooms::{RoomLimits, Rooms};
-use crate::store::{DocStore, SledStore};
+use crate::store::{DocStore, SledStore, StoreHealth};
 use crate::webhooks::Webhooks;
 
 /// How often rooms are swept for idle eviction and stale awareness states.
@@ -53,8 +53,11 @@ const WEBSOCKET_READ_BUFFER_BYTES: usize = 1024;
 /// Bytes tungstenite gathers before writing to the socket (frames are flushed explicitly).
 const WEBSOCKET_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
-/// How long shutdown waits for sessions to send their close frames.
-const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for sessions to send their close frames: one bounded send (the
+/// close frame, or the send a session was in when shutdown began), plus a margin. Sessions
+/// still sending after it are abandoned; they hold nothing unsaved, since applying stopped when
+/// shutdown began.
+const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(session::SEND_TIMEOUT.as_secs() + 1);
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, Error)]
@@ -109,6 +112,8 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Closed at shutdown, before anything else, so that nothing is applied after it began.
+    health: Arc<StoreHealth>,
     task: JoinHandle<Result<(), ServerError>>,
 }
 
@@ -119,6 +124,15 @@ impl Server {
             dir: config.data_dir.display().to_string(),
             source,
         })?;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Starts serving on a given store instead of opening `config.data_dir` (tests use a
+    /// [`crate::store::FailingStore`]).
+    pub async fn start_with_store(
+        config: ServeConfig,
+        store: Arc<dyn DocStore>,
+    ) -> Result<Server, ServerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -156,7 +170,6 @@ impl Server {
             _ => None,
         };
         let shutdown = CancellationToken::new();
-        let store: Arc<dyn DocStore> = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         // One process-wide TLS provider for the server and the webhook client; a second
         // installation (tests start many servers) is harmless.
@@ -200,12 +213,14 @@ impl Server {
                 shared.shutdown.clone(),
             ));
         }
+        let health = shared.rooms.health().clone();
         let task = tokio::spawn(serve(shared, listener, tls));
         Ok(Server {
             local_addr,
             metrics_addr,
             shutdown,
             metrics,
+            health,
             task,
         })
     }
@@ -225,9 +240,12 @@ impl Server {
         &self.metrics
     }
 
-    /// Starts a graceful shutdown: stop accepting, close every socket with 1001, compact and
-    /// flush every room.
+    /// Starts a graceful shutdown: from this call on nothing is applied; then stop accepting,
+    /// close every socket with 1001 (within [`SESSION_DRAIN_TIMEOUT`]), write every room's log
+    /// and flush once (within [`crate::rooms::WRITE_ROUND_TIMEOUT`]), then compact what time
+    /// allows (see [`Rooms::persist_all`]).
     pub fn shutdown(&self) {
+        self.health.close();
         self.shutdown.cancel();
     }
 
@@ -245,7 +263,8 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<(), ServerError> {
     let sweeper = tokio::spawn(sweep(shared.clone()));
-    let flusher = tokio::spawn(flush(shared.clone()));
+    let stop_flusher = CancellationToken::new();
+    let flusher = tokio::spawn(flush(shared.clone(), stop_flusher.clone()));
     listener::accept_loop(
         listener,
         tls,
@@ -254,14 +273,19 @@ async fn serve(
     )
     .await;
     sweeper.abort();
-    flusher.abort();
-    // Sessions watch the same token and close their sockets with 1001.
+    // Rooms refuse updates since `Server::shutdown`; sessions watch the same token and close
+    // their sockets with 1001. The flusher keeps the durability window meanwhile.
     shared.sessions.close();
     if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, shared.sessions.wait())
         .await
         .is_err()
     {
         tracing::warn!("some sessions did not close in time");
+    }
+    // Let a running flush finish rather than abandon it halfway, then write and flush once.
+    stop_flusher.cancel();
+    if let Err(error) = flusher.await {
+        tracing::error!(%error, "flusher task failed");
     }
     shared.rooms.persist_all().await?;
     tracing::info!("shut down; every room is on disk");
@@ -278,19 +302,24 @@ async fn sweep(shared: Arc<Shared>) {
 }
 
 /// Writes the rooms' logs and flushes the store every `--flush-ms`: the durability window. One
-/// flush at a time; a slow disk stretches the window rather than piling flushes up.
-async fn flush(shared: Arc<Shared>) {
+/// flush at a time; a slow disk stretches the window rather than piling flushes up. While the
+/// store is failing, the same loop drives its recovery (see [`Rooms::flush`]). Failures are
+/// reported (log, `ycord_store_errors_total`, `/readyz`) where they happen.
+async fn flush(shared: Arc<Shared>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_millis(shared.config.flush_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
         let started = Instant::now();
         match shared.rooms.flush().await {
             Ok(_) => shared
                 .metrics
                 .persist_flush_seconds
                 .observe(started.elapsed().as_secs_f64()),
-            Err(error) => tracing::error!(%error, "flush failed"),
+            Err(error) => tracing::debug!(%error, "write round failed"),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::room::{ConnectionId, Subscription};
 use crate::rooms::RoomLease;
 
 /// Longest a single send may take before the peer is considered gone.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most queued frames written before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 64;

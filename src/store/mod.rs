@@ -8,8 +8,12 @@
 //! slow ones (load, compaction, flush) on the blocking pool. A shared store (PostgreSQL) can
 //! implement the same trait later.
 
+mod failing;
+pub mod health;
 mod sled_store;
 
+pub use failing::FailingStore;
+pub use health::{StoreHealth, StoreOp};
 pub use sled_store::{SledStore, encode_log_entry};
 
 use bytes::Bytes;
@@ -98,4 +102,11 @@ pub trait DocStore: Send + Sync + 'static {
 
     /// Proves the store accepts writes (readiness probe).
     fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Called after a write failed, before everything in memory is written again: brings the
+    /// store back to a state that can take writes if it needs more than a retry. It may drop
+    /// what was written but not flushed (sled reopens its database); the caller rewrites that.
+    fn recover(&self) -> Result<(), StoreError> {
+        self.check_writable()
+    }
 }

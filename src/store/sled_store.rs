@@ -30,7 +30,7 @@
 //! `last_change_ms` is when the document last changed (milliseconds since the epoch).
 //! The snapshot payload is compressed with `lz4_flex::compress_prepend_size`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -54,6 +54,12 @@ const LOG_FORMAT: u8 = 1;
 const SNAPSHOT_HEADER: usize = 17;
 /// lz4 expands at most about 255:1; a size prefix claiming more is corrupt.
 const MAX_LZ4_RATIO: usize = 256;
+/// Values (and so the sled nodes holding them) from this size may be written by sled 0.34 as a
+/// separate "blob" file: its nodes above a quarter segment (128 KiB) are, and a node holds
+/// other entries beside the value.
+const BLOB_RISK_BYTES: usize = 64 << 10;
+/// Free disk space kept beyond twice such a value before writing it.
+const BLOB_SPACE_MARGIN: u64 = 1 << 20;
 /// Highest sequence number a sound store holds: 2^63 updates take 292,000 years at a million
 /// per second. A larger one is corrupt, and trusting it would run the room's numbering into
 /// `u64::MAX`, where new entries overwrite each other (fuzzer finding `snapshot-through-seq-max`).
@@ -62,8 +68,10 @@ const MAX_SEQ: u64 = 1 << 63;
 /// sled-backed [`DocStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
-    db: sled::Db,
-    docs: sled::Tree,
+    /// The open database; `None` between dropping a failed one and reopening it.
+    open: Arc<RwLock<Option<Handles>>>,
+    /// Where the database lives, to reopen it ([`DocStore::recover`]); `None` for a temporary one.
+    dir: Option<PathBuf>,
     /// Held while flushing: concurrent flushes can deadlock in sled 0.34 (upstream
     /// spacejam/sled#1308), so the periodic flusher and the shutdown take turns. (The shutdown
     /// hang once blamed on this was sled leaking a failed blob write; see
@@ -75,35 +83,96 @@ pub struct SledStore {
     deletions: Arc<RwLock<()>>,
 }
 
+/// An open sled database and its `docs` tree (both cheap reference-counted handles).
+#[derive(Clone, Debug)]
+struct Handles {
+    db: sled::Db,
+    docs: sled::Tree,
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`. sled holds a lock on the directory, so a second
     /// process opening it fails instead of corrupting it. sled's own background flusher is off:
     /// the server flushes on its `--flush-ms` timer, which it can time and order with shutdown.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::on(sled::Config::new().path(dir).flush_every_ms(None))
+        let handles = Handles::open(&Self::config(dir))?;
+        Ok(Self::with(handles, Some(dir.to_owned())))
     }
 
     /// Opens a store that lives in a temporary directory removed on drop (benches, unit tests).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::on(sled::Config::new().temporary(true))
+        let handles = Handles::open(&sled::Config::new().temporary(true))?;
+        Ok(Self::with(handles, None))
     }
 
-    fn on(config: sled::Config) -> Result<Self, StoreError> {
-        let db = config.open()?;
-        let docs = db.open_tree(TREE)?;
-        Ok(SledStore {
-            db,
-            docs,
+    fn config(dir: &Path) -> sled::Config {
+        sled::Config::new().path(dir).flush_every_ms(None)
+    }
+
+    fn with(handles: Handles, dir: Option<PathBuf>) -> Self {
+        SledStore {
+            open: Arc::new(RwLock::new(Some(handles))),
+            dir,
             flushing: Arc::default(),
             deletions: Arc::default(),
-        })
+        }
+    }
+
+    /// The open database's handles, or an error while it is being reopened.
+    fn handles(&self) -> Result<Handles, StoreError> {
+        self.open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Failing)
+    }
+
+    /// Refuses a value that sled may write as a blob file unless the disk has room for it.
+    ///
+    /// If creating a blob file fails (no space), sled 0.34 returns the error but leaks its
+    /// reservation in the log buffer (`logger.rs`, `reserve_inner`: `encapsulate(..)?` after
+    /// the writer count was raised, without setting its global error), and every later flush,
+    /// and dropping the database, waits for that buffer forever: measured on a nearly full
+    /// tmpfs, a 900 KB snapshot failed and the next flush never returned, so the store could
+    /// not even be reopened. Checking the free space first turns that into an ordinary error
+    /// the rooms retry. Small values are written inline, where a full disk makes sled fail
+    /// every operation until it is reopened ([`DocStore::recover`]).
+    fn ensure_space_for(&self, len: usize) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        if len < BLOB_RISK_BYTES {
+            return Ok(());
+        }
+        let stats = nix::sys::statvfs::statvfs(dir.as_path())
+            .map_err(|error| StoreError::Task(format!("statvfs {}: {error}", dir.display())))?;
+        let available = stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size());
+        let needed = 2 * len as u64 + BLOB_SPACE_MARGIN;
+        if available < needed {
+            return Err(StoreError::NoSpace {
+                len,
+                needed,
+                available,
+            });
+        }
+        Ok(())
     }
 
     /// Writes a raw key and value into the `docs` tree, bypassing the layout: the fuzzer's
     /// way to plant corrupt records (`crate::fuzzing::store_recovery`).
     pub(crate) fn raw_insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.docs.insert(key, value)?;
+        self.handles()?.docs.insert(key, value)?;
         Ok(())
+    }
+}
+
+impl Handles {
+    fn open(config: &sled::Config) -> Result<Handles, StoreError> {
+        let db = config.open()?;
+        let docs = db.open_tree(TREE)?;
+        Ok(Handles { db, docs })
     }
 }
 
@@ -264,9 +333,10 @@ fn log_seq(key: &[u8], prefix_len: usize) -> Option<u64> {
 
 impl DocStore for SledStore {
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+        let Handles { docs, .. } = self.handles()?;
         let mut doc = StoredDoc::default();
         let mut through_seq = None;
-        if let Some(value) = self.docs.get(snapshot_key(room))? {
+        if let Some(value) = docs.get(snapshot_key(room))? {
             match decode_snapshot(&snapshot_key(room), &value) {
                 Ok(snapshot) => {
                     // Applying log entries that the snapshot already covers is harmless (updates
@@ -287,7 +357,7 @@ impl DocStore for SledStore {
             }
         }
         let prefix = log_prefix(room);
-        for entry in self.docs.scan_prefix(&prefix) {
+        for entry in docs.scan_prefix(&prefix) {
             let (key, value) = entry?;
             let Some(seq) = log_seq(&key, prefix.len()).filter(|seq| *seq <= MAX_SEQ) else {
                 doc.corrupt
@@ -310,13 +380,15 @@ impl DocStore for SledStore {
     }
 
     fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+        let entry = encode_log_entry(updates);
+        self.ensure_space_for(entry.len())?;
+        let Handles { docs, .. } = self.handles()?;
         let _not_deleting = self
             .deletions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        self.refuse_if_deleted(room)?;
-        self.docs
-            .insert(log_key(room, seq), encode_log_entry(updates))?;
+        refuse_if_deleted(&docs, room)?;
+        docs.insert(log_key(room, seq), entry)?;
         Ok(())
     }
 
@@ -327,19 +399,18 @@ impl DocStore for SledStore {
         through_seq: u64,
         last_change_ms: u64,
     ) -> Result<(), StoreError> {
+        let Handles { docs, .. } = self.handles()?;
+        let value = encode_snapshot(through_seq, last_change_ms, snapshot);
+        self.ensure_space_for(value.len())?;
         let _not_deleting = self
             .deletions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        self.refuse_if_deleted(room)?;
+        refuse_if_deleted(&docs, room)?;
         let mut batch = sled::Batch::default();
-        batch.insert(
-            snapshot_key(room),
-            encode_snapshot(through_seq, last_change_ms, snapshot),
-        );
+        batch.insert(snapshot_key(room), value);
         let prefix = log_prefix(room);
-        for key in self
-            .docs
+        for key in docs
             .range(log_key(room, 0)..=log_key(room, through_seq))
             .keys()
         {
@@ -348,33 +419,35 @@ impl DocStore for SledStore {
                 batch.remove(key);
             }
         }
-        self.docs.apply_batch(batch)?;
+        docs.apply_batch(batch)?;
         Ok(())
     }
 
     fn delete(&self, room: &str) -> Result<(), StoreError> {
+        let Handles { docs, .. } = self.handles()?;
         let _no_writes = self
             .deletions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let tombstone = tombstone_key(room);
-        if self.docs.contains_key(&tombstone)? {
+        if docs.contains_key(&tombstone)? {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for key in self.docs.scan_prefix(room_prefix(room)).keys() {
+        for key in docs.scan_prefix(room_prefix(room)).keys() {
             let key = key?;
             // The prefix scan also matches longer names only if they share the length prefix
             // and the name, which makes them the same room: every key here belongs to `room`.
             batch.remove(key);
         }
         batch.insert(tombstone, encode_tombstone(now_ms()));
-        self.docs.apply_batch(batch)?;
+        docs.apply_batch(batch)?;
         Ok(())
     }
 
     fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
+            .handles()?
             .docs
             .get(tombstone_key(room))?
             .map(|value| tombstone_time(&value)))
@@ -385,12 +458,12 @@ impl DocStore for SledStore {
             .deletions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        Ok(self.docs.remove(tombstone_key(room))?.is_some())
+        Ok(self.handles()?.docs.remove(tombstone_key(room))?.is_some())
     }
 
     fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut tombstones = Vec::new();
-        for entry in self.docs.iter() {
+        for entry in self.handles()?.docs.iter() {
             let (key, value) = entry?;
             let Some(name) = room_name(&key) else {
                 continue;
@@ -404,16 +477,17 @@ impl DocStore for SledStore {
 
     fn flush(&self) -> Result<usize, StoreError> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(self.db.flush()?)
+        Ok(self.handles()?.db.flush()?)
     }
 
     fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
+        let Handles { docs, .. } = self.handles()?;
         let mut stats = RoomStats::default();
-        if let Some(value) = self.docs.get(snapshot_key(room))? {
+        if let Some(value) = docs.get(snapshot_key(room))? {
             stats.snapshot_bytes = value.len() as u64;
             stats.last_change_ms = snapshot_last_change(&value);
         }
-        for entry in self.docs.scan_prefix(log_prefix(room)) {
+        for entry in docs.scan_prefix(log_prefix(room)) {
             let (_, value) = entry?;
             stats.log_entries += 1;
             stats.log_bytes += value.len() as u64;
@@ -423,7 +497,7 @@ impl DocStore for SledStore {
 
     fn rooms(&self) -> Result<Vec<String>, StoreError> {
         let mut rooms: Vec<String> = Vec::new();
-        for key in self.docs.iter().keys() {
+        for key in self.handles()?.docs.iter().keys() {
             let key = key?;
             let Some(name) = room_name(&key) else {
                 continue;
@@ -440,23 +514,52 @@ impl DocStore for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.handles()?.db.size_on_disk()?)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        self.db.insert(READY_KEY, &now_ms().to_be_bytes())?;
+        self.handles()?
+            .db
+            .insert(READY_KEY, &now_ms().to_be_bytes())?;
         Ok(())
+    }
+
+    /// sled keeps the first I/O error it hits (a full disk) and fails every later operation
+    /// with it until the database is opened again: recovering means reopening, which drops
+    /// whatever was written but not flushed (the rooms write it again from memory). The old
+    /// database must be closed first (sled locks its directory), so this fails, to be retried,
+    /// while a flush or another operation still holds it.
+    fn recover(&self) -> Result<(), StoreError> {
+        if self.check_writable().is_ok() {
+            return Ok(());
+        }
+        let Some(dir) = &self.dir else {
+            return self.check_writable();
+        };
+        // A flush still running (wedged on the failed disk) holds the database.
+        let _no_flush = match self.flushing.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(StoreError::Task("a flush is still running".into()));
+            }
+        };
+        let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
+        drop(open.take());
+        let handles = Handles::open(&Self::config(dir))?;
+        tracing::warn!(dir = %dir.display(), "store reopened after a failure");
+        *open = Some(handles);
+        drop(open);
+        self.check_writable()
     }
 }
 
-impl SledStore {
-    /// Refuses a write to a deleted room. The caller holds `deletions` shared.
-    fn refuse_if_deleted(&self, room: &str) -> Result<(), StoreError> {
-        if self.docs.contains_key(tombstone_key(room))? {
-            return Err(StoreError::RoomDeleted(room.to_owned()));
-        }
-        Ok(())
+/// Refuses a write to a deleted room. The caller holds `deletions` shared.
+fn refuse_if_deleted(docs: &sled::Tree, room: &str) -> Result<(), StoreError> {
+    if docs.contains_key(tombstone_key(room))? {
+        return Err(StoreError::RoomDeleted(room.to_owned()));
     }
+    Ok(())
 }
 
 /// The room name a key belongs to, if the key is well formed.
@@ -567,8 +670,7 @@ mod tests {
         let store = SledStore::temporary().unwrap();
         store.append("room", 0, &[Bytes::from("update")]).unwrap();
         store
-            .docs
-            .insert(snapshot_key("room"), &b"\x01garbage"[..])
+            .raw_insert(&snapshot_key("room"), &b"\x01garbage"[..])
             .unwrap();
         let doc = store.load("room").unwrap();
         assert_eq!(doc.corrupt.len(), 1);
@@ -581,10 +683,9 @@ mod tests {
         store.append("room", 0, &[Bytes::from("first")]).unwrap();
         let mut truncated = encode_log_entry(&[b"second".as_slice()]);
         truncated.pop();
-        store.docs.insert(log_key("room", 1), truncated).unwrap();
+        store.raw_insert(&log_key("room", 1), &truncated).unwrap();
         store
-            .docs
-            .insert(log_key("room", 2), &b"\x09unknown"[..])
+            .raw_insert(&log_key("room", 2), &b"\x09unknown"[..])
             .unwrap();
         store.append("room", 3, &[Bytes::from("fourth")]).unwrap();
         let doc = store.load("room").unwrap();

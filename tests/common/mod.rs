@@ -47,6 +47,27 @@ impl TestServer {
         Self::start_in(dir, config).await
     }
 
+    /// Starts a server on the store `make_store` builds for the config (for instance a
+    /// `FailingStore` over the sled store in its data directory). Restarts open the data
+    /// directory as usual: drop every other handle to the store before one.
+    pub async fn start_with_store(
+        adjust: impl FnOnce(&mut ServeConfig),
+        make_store: impl FnOnce(&ServeConfig) -> Arc<dyn ycord::store::DocStore>,
+    ) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = ServeConfig::for_tests(dir.path().join("data"));
+        adjust(&mut config);
+        let store = make_store(&config);
+        let server = Server::start_with_store(config.clone(), store)
+            .await
+            .expect("server starts");
+        TestServer {
+            server: Some(server),
+            config,
+            dir,
+        }
+    }
+
     pub async fn start_in(dir: Arc<tempfile::TempDir>, config: ServeConfig) -> TestServer {
         let server = start_server(config.clone()).await;
         TestServer {
