@@ -820,6 +820,9 @@ fn integrate(txn: &mut TransactionMut, decoded: DecodedUpdate) -> Result<(), App
 /// `state` must be read from the transaction that applies the update.
 fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<(), ApplyError> {
     let insertions = decoded.update.insertions(true);
+    // Per client, where the document's clocks will end once the update's insertions are in
+    // (they are contiguous with the room's, checked here first).
+    let mut ends: HashMap<u64, u32> = HashMap::with_capacity(insertions.len());
     for (client, ranges) in insertions.iter() {
         let mut known = state.get(client);
         // An `IdSet`'s ranges are sorted by start and merged where they touch.
@@ -833,16 +836,13 @@ fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<()
             }
             known = known.max(range.end);
         }
+        ends.insert(client.get(), known);
     }
     for &(client, needed) in &decoded.needs {
-        let id = ClientID::new(client);
-        // The update's own insertions for the client are contiguous with the room's (checked
-        // above), so the document will have everything up to where they end.
-        let inserted = insertions
-            .iter()
-            .find(|(inserted, _)| **inserted == id)
-            .and_then(|(_, ranges)| ranges.iter().map(|range| range.end).max());
-        let known = state.get(&id).max(inserted.unwrap_or(0));
+        let known = match ends.get(&client) {
+            Some(end) => *end,
+            None => state.get(&ClientID::new(client)),
+        };
         if needed > u64::from(known) {
             return Err(ApplyError::MissingDependency {
                 client,
