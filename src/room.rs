@@ -70,6 +70,10 @@ const MAX_UNWRITTEN_BYTES: usize = 4 << 10;
 /// Stored updates applied per transaction when a room loads.
 const LOAD_BATCH: usize = 1000;
 
+/// Most awareness client IDs one connection may set states for (y-websocket uses one per
+/// document); see [`Room::apply_awareness`].
+pub const MAX_AWARENESS_CLIENTS: usize = 8;
+
 /// An empty v1 update: what encoding a transaction that changed nothing gives.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
 
@@ -463,6 +467,11 @@ impl Room {
 
     /// Applies a client's awareness update and relays it to every member. The client IDs it
     /// sets are recorded in `controlled`, so that they are removed when the connection ends.
+    ///
+    /// Entries about a client ID whose state another connection set (present in the room and
+    /// not in `controlled`) are ignored: one connection must not overwrite or remove another's
+    /// presence. So are entries for new client IDs beyond [`MAX_AWARENESS_CLIENTS`] per
+    /// connection. Ignored entries are counted; the rest is applied and relayed.
     pub fn apply_awareness(
         &self,
         payload: &[u8],
@@ -471,7 +480,7 @@ impl Room {
         // Checked before yrs reserves memory for the number of states it announces.
         protocol::validate::awareness_update(payload)
             .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
-        let update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
+        let mut update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
             .map_err(ApplyError::InvalidAwareness)?;
         // Removing a state bumps its clock; at u32::MAX that overflows (fuzzer finding
         // `awareness-clock-max-then-disconnect`), and no real client counts that far.
@@ -481,6 +490,42 @@ impl Room {
             ));
         }
         let mut state = self.state();
+        let announced = update.clients.len();
+        let (mut not_owned, mut over_limit) = (0, 0);
+        let mut may_claim = MAX_AWARENESS_CLIENTS.saturating_sub(controlled.len());
+        update.clients.retain(|client, _| {
+            if controlled.contains(client) {
+                true
+            } else if state
+                .awareness
+                .state::<serde::de::IgnoredAny>(*client)
+                .is_some()
+            {
+                not_owned += 1;
+                false
+            } else if may_claim > 0 {
+                may_claim -= 1;
+                true
+            } else {
+                over_limit += 1;
+                false
+            }
+        });
+        if not_owned > 0 {
+            self.metrics.reject("awareness_not_owned");
+        }
+        if over_limit > 0 {
+            self.metrics.limit_hit("awareness_clients");
+        }
+        if update.clients.is_empty() {
+            return Ok(());
+        }
+        // What is relayed: the client's bytes, or what was kept of them.
+        let frame = if update.clients.len() == announced {
+            protocol::encode_awareness(payload)
+        } else {
+            protocol::encode_awareness(&update.encode_v1())
+        };
         let summary = state
             .awareness
             .apply_update_summary(update)
@@ -492,7 +537,7 @@ impl Room {
             for client in &summary.removed {
                 controlled.remove(client);
             }
-            broadcast_awareness(&mut state, protocol::encode_awareness(payload));
+            broadcast_awareness(&mut state, frame);
             self.metrics
                 .broadcast_frames
                 .inc_by(state.members.len() as u64);

@@ -445,3 +445,108 @@ async fn a_busy_stock_client_is_never_refused() {
         .sum();
     assert_eq!(hits, 0.0);
 }
+
+/// An awareness update setting `json` for each of `clients` at `clock`.
+fn awareness_of(clients: impl IntoIterator<Item = u64>, clock: u32, json: &str) -> Vec<u8> {
+    let clients: Vec<u64> = clients.into_iter().collect();
+    let mut payload = Vec::new();
+    payload.write_var(clients.len() as u32);
+    for client in clients {
+        payload.write_var(client);
+        payload.write_var(clock);
+        payload.write_string(json);
+    }
+    protocol::encode_awareness(&payload).to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cannot_overwrite_or_remove_another_connections_presence() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let alice = Client::connect(&server, "doc").await;
+    let mallory = Client::connect(&server, "doc").await;
+    let watcher = Client::connect(&server, "doc").await;
+    alice.set_awareness(1001, 1, r#"{"user":"alice"}"#).await;
+    watcher
+        .wait_awareness(1001, Some(r#"{"user":"alice"}"#))
+        .await;
+    mallory
+        .wait_awareness(1001, Some(r#"{"user":"alice"}"#))
+        .await;
+
+    // Mallory overwrites Alice's state, then removes it, then sets her own in the same
+    // message as another try at Alice's.
+    mallory
+        .set_awareness(1001, 5, r#"{"user":"mallory"}"#)
+        .await;
+    mallory.set_awareness(1001, 6, "null").await;
+    mallory
+        .send_raw(awareness_of([1001, 1002], 7, r#"{"user":"mallory"}"#))
+        .await;
+    // Her own state arrives, so everything before it was handled.
+    watcher
+        .wait_awareness(1002, Some(r#"{"user":"mallory"}"#))
+        .await;
+    assert_eq!(
+        watcher.awareness_state(1001).as_deref(),
+        Some(r#"{"user":"alice"}"#)
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "ycord_rejected_messages_total{reason=\"awareness_not_owned\"}"
+        ),
+        3.0
+    );
+    // Alice still controls her state; once she is gone the ID is free.
+    alice
+        .set_awareness(1001, 2, r#"{"user":"alice","moved":1}"#)
+        .await;
+    watcher
+        .wait_awareness(1001, Some(r#"{"user":"alice","moved":1}"#))
+        .await;
+    alice.close().await;
+    watcher.wait_awareness(1001, None).await;
+    mallory
+        .set_awareness(1001, 9, r#"{"user":"mine now"}"#)
+        .await;
+    watcher
+        .wait_awareness(1001, Some(r#"{"user":"mine now"}"#))
+        .await;
+    assert!(!mallory.ended());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_controls_at_most_eight_awareness_ids() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let greedy = Client::connect(&server, "doc").await;
+    let watcher = Client::connect(&server, "doc").await;
+    greedy
+        .send_raw(awareness_of(1..=20, 1, r#"{"user":"many"}"#))
+        .await;
+    greedy.set_awareness(100, 1, r#"{"user":"one more"}"#).await;
+    let deadline = Instant::now() + WAIT;
+    while limit_hits(&server, "awareness_clients") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "both messages over the limit are counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let claimed = |watcher: &Client| {
+        (1..=20)
+            .chain([100])
+            .filter(|id| watcher.awareness_state(*id).is_some())
+            .count()
+    };
+    watcher
+        .wait_for("eight states", |watcher| claimed(watcher) == 8)
+        .await;
+    assert_eq!(watcher.awareness_state(100), None);
+    // Its states go when it leaves.
+    greedy.close().await;
+    watcher
+        .wait_for("the states removed", |watcher| claimed(watcher) == 0)
+        .await;
+}
