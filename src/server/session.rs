@@ -413,18 +413,42 @@ fn time_until(deadline: SystemTime) -> Duration {
 }
 
 /// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
-/// tells the client not to resend it; anything else means the peer is gone.
+/// tells the client not to resend it; a violation of the WebSocket protocol (an unmasked or
+/// malformed frame, an unknown opcode) gets 1002 and a text message that is not UTF-8 gets
+/// 1007 (RFC 6455, 7.4.1); anything else means the peer is gone.
 fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
-    if matches!(error, tungstenite::Error::Capacity(_)) {
-        tracing::warn!(max_message_bytes, "message too big");
-        metrics.limit_hit("message_size");
-        End::close(
-            close_code::MESSAGE_TOO_BIG,
-            format!("message larger than {max_message_bytes} bytes; do not resend it"),
-        )
-    } else {
-        tracing::debug!(%error, "read failed");
-        End::Gone
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(_) => {
+            tracing::warn!(max_message_bytes, "message too big");
+            metrics.limit_hit("message_size");
+            End::close(
+                close_code::MESSAGE_TOO_BIG,
+                format!("message larger than {max_message_bytes} bytes; do not resend it"),
+            )
+        }
+        // The connection dropped: nobody to tell.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            tracing::debug!(%error, "read failed");
+            End::Gone
+        }
+        tungstenite::Error::Protocol(error) => {
+            tracing::warn!(%error, "websocket protocol error");
+            metrics.reject("websocket_protocol");
+            End::close(
+                close_code::PROTOCOL_ERROR,
+                format!("websocket protocol error: {error}"),
+            )
+        }
+        tungstenite::Error::Utf8(error) => {
+            tracing::warn!(%error, "text message is not UTF-8");
+            metrics.reject("websocket_protocol");
+            End::close(close_code::INVALID_PAYLOAD, "text message is not UTF-8")
+        }
+        error => {
+            tracing::debug!(%error, "read failed");
+            End::Gone
+        }
     }
 }
 
