@@ -353,12 +353,22 @@ impl Room {
     }
 
     /// The SyncStep2 answer to a client's SyncStep1: everything the client lacks.
+    ///
+    /// The answer to an empty state vector is encoded under the room's lock, since it is kept
+    /// for every joiner until the document changes, and must not miss a change applied
+    /// meanwhile. Any other is encoded outside it, on a handle to the document (which has a
+    /// lock of its own): the room keeps relaying awareness and admitting members meanwhile.
+    /// The asking member is subscribed, so a change applied during the encode reaches it in
+    /// the reply, its update queue, or both (clients ignore what they have).
     pub fn sync_step2(&self, client_state: &StateVector) -> Bytes {
+        if !client_state.is_empty() {
+            let doc = self.state().awareness.doc().clone();
+            let diff = doc.transact().encode_state_as_update_v1(client_state);
+            return protocol::encode_sync_step2(&diff);
+        }
         let mut state = self.state();
-        if client_state.is_empty() {
-            if let Some(reply) = &state.full_sync_reply {
-                return reply.clone();
-            }
+        if let Some(reply) = &state.full_sync_reply {
+            return reply.clone();
         }
         let diff = state
             .awareness
@@ -366,9 +376,7 @@ impl Room {
             .transact()
             .encode_state_as_update_v1(client_state);
         let reply = protocol::encode_sync_step2(&diff);
-        if client_state.is_empty() {
-            state.full_sync_reply = Some(reply.clone());
-        }
+        state.full_sync_reply = Some(reply.clone());
         reply
     }
 
@@ -774,13 +782,13 @@ impl Room {
         self.store.delete(&self.name)
     }
 
-    /// The whole document as one v1 update.
+    /// The whole document as one v1 update. Encoded outside the room's lock, on a handle to
+    /// the document (see [`Room::sync_step2`]). Blocking on a big document: async callers run
+    /// it on the blocking pool.
     pub fn encode_state(&self) -> Vec<u8> {
-        self.state()
-            .awareness
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        let doc = self.state().awareness.doc().clone();
+        let txn = doc.transact();
+        txn.encode_state_as_update_v1(&StateVector::default())
     }
 }
 
@@ -1027,6 +1035,7 @@ fn full_awareness(awareness: &Awareness) -> Option<Bytes> {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+    use yrs::encoding::write::Write;
     use yrs::{Map, Text};
 
     fn room() -> Arc<Room> {
@@ -1475,5 +1484,65 @@ mod tests {
         let reloaded = room_on(store.clone());
         assert_eq!(reloaded.to_json(), room.to_json());
         assert!(text(&reloaded).as_str().unwrap().contains("after"));
+    }
+
+    /// Runs `encode` (which reads the document) while the document is busy in another
+    /// transaction, and says whether an awareness update could be applied meanwhile: whether
+    /// `encode` waits for the document without holding the room's lock.
+    fn room_usable_while(room: &Arc<Room>, encode: fn(&Room)) -> bool {
+        use std::sync::mpsc;
+        let doc = room.state().awareness.doc().clone();
+        let (busy_tx, busy_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let _txn = doc.transact_mut();
+            busy_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        busy_rx.recv().unwrap();
+        let encoding = {
+            let room = room.clone();
+            std::thread::spawn(move || encode(&room))
+        };
+        // Let the encode reach the document's lock.
+        std::thread::sleep(Duration::from_millis(200));
+        let (done_tx, done_rx) = mpsc::channel();
+        let awareness = {
+            let room = room.clone();
+            std::thread::spawn(move || {
+                let mut payload = Vec::new();
+                payload.write_var(1u32);
+                payload.write_var(5u64);
+                payload.write_var(1u32);
+                payload.write_string("{}");
+                let applied = room.apply_awareness(&payload, &mut HashSet::new());
+                let _ = done_tx.send(applied.is_ok());
+            })
+        };
+        let usable = done_rx.recv_timeout(Duration::from_secs(10)) == Ok(true);
+        release_tx.send(()).unwrap();
+        for thread in [writer, encoding, awareness] {
+            thread.join().unwrap();
+        }
+        usable
+    }
+
+    #[test]
+    fn encoding_the_state_does_not_hold_the_room_lock() {
+        let room = room();
+        room.apply_update(&insert("some text")).unwrap();
+        assert!(room_usable_while(&room, |room| drop(room.encode_state())));
+        assert!(room_usable_while(&room, |room| drop(room.to_json())));
+    }
+
+    #[test]
+    fn a_sync_reply_to_a_non_empty_state_vector_does_not_hold_the_room_lock() {
+        let room = room();
+        room.apply_update(&insert("some text")).unwrap();
+        assert!(room_usable_while(&room, |room| {
+            let mut state_vector = StateVector::default();
+            state_vector.set_max(ClientID::new(99), 1);
+            drop(room.sync_step2(&state_vector));
+        }));
     }
 }
