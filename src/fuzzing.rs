@@ -16,6 +16,7 @@ use yrs::{Doc, ReadTxn, Transact, Update};
 
 use crate::auth::{Access, Authenticator};
 use crate::error::ApplyError;
+use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::protocol::{self, Inbound};
@@ -146,7 +147,7 @@ pub fn session_frames(data: &[u8]) {
         }
         let (frame, rest) = rest.split_at(usize::from(len).min(rest.len()));
         input = rest;
-        if member.peer.handle_frame(frame).is_err() {
+        if member.peer.handle_frame(frame, drop).is_err() {
             member = member.rejoin(&room, access);
         }
         // A pending update is in the room's encodings but not in its log (see
@@ -178,7 +179,12 @@ impl Member {
         let (subscription, _greeting) = room.subscribe(connection);
         Member {
             connection,
-            peer: Peer::new(room.clone(), access, u64::MAX, metrics()),
+            peer: Peer::new(
+                room.clone(),
+                access,
+                &MessageBudgets::unlimited(),
+                metrics(),
+            ),
             _subscription: subscription,
         }
     }

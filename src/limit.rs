@@ -1,4 +1,5 @@
-//! Rate limits: a token bucket, and a per-IP table of them for connection attempts.
+//! Rate limits: a token bucket, the budgets one connection's messages are metered against,
+//! and a per-IP table of buckets for connection attempts.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,9 +52,87 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket holds anything (is not in debt). For work whose cost is known only
+    /// once done (the size of a reply): check before, [`TokenBucket::spend`] after. One piece
+    /// of work of any size passes when the bucket is not in debt, so a reply larger than the
+    /// whole burst (a big document's first sync) is never refused; the debt then delays the
+    /// next.
+    pub fn has_credit(&mut self) -> bool {
+        self.refill(Instant::now());
+        self.tokens > 0.0
+    }
+
+    /// Takes `cost` tokens, going into debt if there are not enough.
+    pub fn spend(&mut self, cost: u64) {
+        self.tokens -= cost as f64;
+    }
+
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.capacity
+    }
+}
+
+/// What one connection may ask of the server per second, per message kind, each with a burst of
+/// [`BURST_SECONDS`]' worth. Going over any of them closes the connection (1008); each refusal
+/// is counted in `ycord_limit_hits_total`. The defaults are far above what Yjs clients send
+/// (y-websocket sends one SyncStep1 per connect and resync, and an awareness update every 15 s
+/// plus one per cursor move), and far below what a hostile client could make the server do
+/// without them: every SyncStep1 with a non-empty state vector costs an encode of the
+/// document, every QueryAwareness an encode of every presence state in the room, every
+/// awareness update a broadcast to every member.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MessageBudgets {
+    /// Document updates (Update and SyncStep2 messages); `--max-updates-per-sec`.
+    pub updates_per_sec: u64,
+    /// SyncStep1 messages.
+    pub sync_requests_per_sec: u64,
+    /// QueryAwareness messages.
+    pub awareness_queries_per_sec: u64,
+    /// Awareness updates.
+    pub awareness_per_sec: u64,
+    /// Bytes of awareness updates.
+    pub awareness_bytes_per_sec: u64,
+    /// Bytes of the replies to SyncStep1 and QueryAwareness messages (what their encoding
+    /// cost). Checked before each reply is made and charged after (see
+    /// [`TokenBucket::has_credit`]).
+    pub reply_bytes_per_sec: u64,
+}
+
+/// Default [`MessageBudgets::sync_requests_per_sec`].
+pub const SYNC_REQUESTS_PER_SEC: u64 = 10;
+/// Default [`MessageBudgets::awareness_queries_per_sec`].
+pub const AWARENESS_QUERIES_PER_SEC: u64 = 10;
+/// Default [`MessageBudgets::awareness_per_sec`].
+pub const AWARENESS_PER_SEC: u64 = 100;
+/// Default [`MessageBudgets::awareness_bytes_per_sec`].
+pub const AWARENESS_BYTES_PER_SEC: u64 = 1 << 20;
+/// Default [`MessageBudgets::reply_bytes_per_sec`].
+pub const REPLY_BYTES_PER_SEC: u64 = 16 << 20;
+
+impl MessageBudgets {
+    /// The default budgets, with `updates_per_sec` for document updates.
+    pub fn with_update_rate(updates_per_sec: u64) -> MessageBudgets {
+        MessageBudgets {
+            updates_per_sec,
+            sync_requests_per_sec: SYNC_REQUESTS_PER_SEC,
+            awareness_queries_per_sec: AWARENESS_QUERIES_PER_SEC,
+            awareness_per_sec: AWARENESS_PER_SEC,
+            awareness_bytes_per_sec: AWARENESS_BYTES_PER_SEC,
+            reply_bytes_per_sec: REPLY_BYTES_PER_SEC,
+        }
+    }
+
+    /// No limit on anything, for the fuzzer (whose cases must not depend on timing).
+    pub fn unlimited() -> MessageBudgets {
+        MessageBudgets {
+            updates_per_sec: u64::MAX,
+            sync_requests_per_sec: u64::MAX,
+            awareness_queries_per_sec: u64::MAX,
+            awareness_per_sec: u64::MAX,
+            awareness_bytes_per_sec: u64::MAX,
+            reply_bytes_per_sec: u64::MAX,
+        }
     }
 }
 
@@ -99,6 +178,17 @@ mod tests {
         let allowed = (0..100).filter(|_| bucket.try_take()).count();
         // 2/s × 5 s burst; the loop is far quicker than a refill.
         assert_eq!(allowed, 10);
+    }
+
+    #[test]
+    fn a_bucket_in_debt_refuses_until_it_refills() {
+        let mut bucket = TokenBucket::new(100);
+        assert!(bucket.has_credit());
+        // One piece of work far larger than the burst (500) passes...
+        bucket.spend(10_000);
+        // ...and the next waits until the debt is paid (about 95 s at this rate).
+        assert!(!bucket.has_credit());
+        assert!(!bucket.try_take());
     }
 
     #[test]

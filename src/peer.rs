@@ -15,7 +15,7 @@ use yrs::ClientID;
 
 use crate::auth::Access;
 use crate::error::{ApplyError, StoreError};
-use crate::limit::TokenBucket;
+use crate::limit::{MessageBudgets, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
 use crate::room::Room;
@@ -24,6 +24,7 @@ use crate::room::Room;
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
@@ -66,16 +67,96 @@ pub struct Peer {
     controlled: HashSet<ClientID>,
     /// Whether a SyncStep1 went out for a refused update and no SyncStep2 came back yet.
     resync_requested: bool,
-    /// Rate limit on document updates.
-    updates: TokenBucket,
+    /// What the connection may still ask of the server.
+    budgets: Buckets,
     metrics: Arc<Metrics>,
+}
+
+/// Most messages one frame may hold. Yjs clients send one per frame (the y-protocols encoders
+/// write one message per frame); a frame of thousands of small requests is an attack on the
+/// per-message work, and refused however its messages are metered.
+pub const MAX_MESSAGES_PER_FRAME: usize = 16;
+
+/// Where a connection is in one inbound frame (see [`Peer::next_reply`]).
+pub struct InboundFrame<'a> {
+    messages: protocol::FrameMessages<'a>,
+    /// Messages decoded so far.
+    handled: usize,
+}
+
+impl<'a> InboundFrame<'a> {
+    pub fn new(frame: &'a [u8]) -> InboundFrame<'a> {
+        InboundFrame {
+            messages: protocol::decode_frame(frame),
+            handled: 0,
+        }
+    }
+}
+
+/// One connection's token buckets, one per [`MessageBudgets`] entry.
+struct Buckets {
+    updates: TokenBucket,
+    sync_requests: TokenBucket,
+    awareness_queries: TokenBucket,
+    awareness: TokenBucket,
+    awareness_bytes: TokenBucket,
+    reply_bytes: TokenBucket,
+}
+
+impl Buckets {
+    fn new(budgets: &MessageBudgets) -> Buckets {
+        Buckets {
+            updates: TokenBucket::new(budgets.updates_per_sec),
+            sync_requests: TokenBucket::new(budgets.sync_requests_per_sec),
+            awareness_queries: TokenBucket::new(budgets.awareness_queries_per_sec),
+            awareness: TokenBucket::new(budgets.awareness_per_sec),
+            awareness_bytes: TokenBucket::new(budgets.awareness_bytes_per_sec),
+            reply_bytes: TokenBucket::new(budgets.reply_bytes_per_sec),
+        }
+    }
+
+    fn bucket(&mut self, budget: Budget) -> &mut TokenBucket {
+        match budget {
+            Budget::Updates => &mut self.updates,
+            Budget::SyncRequests => &mut self.sync_requests,
+            Budget::AwarenessQueries => &mut self.awareness_queries,
+            Budget::Awareness => &mut self.awareness,
+            Budget::AwarenessBytes => &mut self.awareness_bytes,
+            Budget::ReplyBytes => &mut self.reply_bytes,
+        }
+    }
+}
+
+/// A budget of [`MessageBudgets`].
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    Updates,
+    SyncRequests,
+    AwarenessQueries,
+    Awareness,
+    AwarenessBytes,
+    ReplyBytes,
+}
+
+impl Budget {
+    /// The `reason` label of `ycord_limit_hits_total`, and what the close reason names.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Budget::Updates => ("update_rate", "update"),
+            Budget::SyncRequests => ("sync_step1_rate", "sync request (SyncStep1)"),
+            Budget::AwarenessQueries => ("query_awareness_rate", "awareness query"),
+            Budget::Awareness => ("awareness_rate", "awareness update"),
+            Budget::AwarenessBytes => ("awareness_bytes", "awareness bytes"),
+            Budget::ReplyBytes => ("reply_bytes", "sync reply bytes"),
+        }
+    }
 }
 
 impl Peer {
     pub fn new(
         room: Arc<Room>,
         access: Access,
-        max_updates_per_sec: u64,
+        budgets: &MessageBudgets,
         metrics: Arc<Metrics>,
     ) -> Peer {
         Peer {
@@ -83,7 +164,7 @@ impl Peer {
             access,
             controlled: HashSet::new(),
             resync_requested: false,
-            updates: TokenBucket::new(max_updates_per_sec),
+            budgets: Buckets::new(budgets),
             metrics,
         }
     }
@@ -97,12 +178,13 @@ impl Peer {
         &self.controlled
     }
 
-    /// Handles every message of one inbound binary frame, in order. Returns the frames to send
-    /// back, in order, or why the connection must close (messages before the bad one took
-    /// effect).
-    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Vec<Bytes>, Refusal> {
-        let mut replies = Vec::new();
-        for message in protocol::decode_frame(frame) {
+    /// Handles the messages of `frame` that come next, up to and including the first that
+    /// calls for a reply, and returns that reply; `None` once every message was handled. The
+    /// session sends each reply before it asks for the next, so what a frame makes the server
+    /// hold is one reply, however many messages the frame packs. An error says why the
+    /// connection must close (messages before the bad one took effect).
+    pub fn next_reply(&mut self, frame: &mut InboundFrame<'_>) -> Result<Option<Bytes>, Refusal> {
+        for message in frame.messages.by_ref() {
             let message = message.map_err(|error| {
                 tracing::warn!(%error, "malformed message");
                 self.metrics.reject("malformed");
@@ -111,26 +193,103 @@ impl Peer {
                     format!("malformed message: {error}"),
                 )
             })?;
-            match message {
-                Inbound::SyncStep1(state_vector) => {
-                    replies.push(self.room.sync_step2(&state_vector));
-                }
-                Inbound::SyncStep2(update) => {
-                    self.resync_requested = false;
-                    replies.extend(self.apply_update(update, false)?);
-                }
-                Inbound::Update(update) => replies.extend(self.apply_update(update, true)?),
-                Inbound::Awareness(payload) => {
-                    self.metrics.awareness_received.inc();
-                    self.room
-                        .apply_awareness(payload, &mut self.controlled)
-                        .map_err(|error| self.refusal(error))?;
-                }
-                Inbound::QueryAwareness => replies.extend(self.room.awareness_snapshot()),
-                Inbound::Auth => {}
+            frame.handled += 1;
+            if frame.handled > MAX_MESSAGES_PER_FRAME {
+                tracing::warn!("too many messages in one frame");
+                self.metrics.limit_hit("messages_per_frame");
+                return Err(Refusal::new(
+                    close_code::POLICY_VIOLATION,
+                    format!("more than {MAX_MESSAGES_PER_FRAME} messages in one frame"),
+                ));
+            }
+            if let Some(reply) = self.handle(message)? {
+                return Ok(Some(reply));
             }
         }
-        Ok(replies)
+        Ok(None)
+    }
+
+    /// Handles every message of one frame, passing each reply to `on_reply` as it is made.
+    pub fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        mut on_reply: impl FnMut(Bytes),
+    ) -> Result<(), Refusal> {
+        let mut frame = InboundFrame::new(frame);
+        while let Some(reply) = self.next_reply(&mut frame)? {
+            on_reply(reply);
+        }
+        Ok(())
+    }
+
+    /// Handles one message, returning the reply it calls for, if any.
+    fn handle(&mut self, message: Inbound<'_>) -> Result<Option<Bytes>, Refusal> {
+        match message {
+            Inbound::SyncStep1(state_vector) => {
+                self.take(Budget::SyncRequests)?;
+                self.check_credit(Budget::ReplyBytes)?;
+                Ok(Some(self.charge_reply(self.room.sync_step2(&state_vector))))
+            }
+            Inbound::SyncStep2(update) => {
+                self.resync_requested = false;
+                self.apply_update(update, false)
+            }
+            Inbound::Update(update) => self.apply_update(update, true),
+            Inbound::Awareness(payload) => {
+                self.take(Budget::Awareness)?;
+                self.check_credit(Budget::AwarenessBytes)?;
+                self.budgets.awareness_bytes.spend(payload.len() as u64);
+                self.metrics.awareness_received.inc();
+                self.room
+                    .apply_awareness(payload, &mut self.controlled)
+                    .map_err(|error| self.refusal(error))?;
+                Ok(None)
+            }
+            Inbound::QueryAwareness => {
+                self.take(Budget::AwarenessQueries)?;
+                self.check_credit(Budget::ReplyBytes)?;
+                Ok(self
+                    .room
+                    .awareness_snapshot()
+                    .map(|snapshot| self.charge_reply(snapshot)))
+            }
+            Inbound::Auth => Ok(None),
+        }
+    }
+
+    /// Takes one message's token from a count budget, or refuses the connection.
+    fn take(&mut self, budget: Budget) -> Result<(), Refusal> {
+        if self.budgets.bucket(budget).try_take() {
+            Ok(())
+        } else {
+            Err(self.over(budget))
+        }
+    }
+
+    /// Refuses the connection if a bytes budget is in debt (see [`TokenBucket::has_credit`]).
+    fn check_credit(&mut self, budget: Budget) -> Result<(), Refusal> {
+        if self.budgets.bucket(budget).has_credit() {
+            Ok(())
+        } else {
+            Err(self.over(budget))
+        }
+    }
+
+    /// Charges a reply's size to the reply budget.
+    fn charge_reply(&mut self, reply: Bytes) -> Bytes {
+        self.budgets.reply_bytes.spend(reply.len() as u64);
+        reply
+    }
+
+    /// Counts and logs a budget overrun; the refusal that closes the connection.
+    fn over(&self, budget: Budget) -> Refusal {
+        let (metric, what) = budget.describe();
+        tracing::warn!(limit = metric, "message budget exceeded");
+        self.metrics.limit_hit(metric);
+        Refusal::new(
+            close_code::POLICY_VIOLATION,
+            format!("{what} rate limit exceeded"),
+        )
     }
 
     /// Applies a client's update, unless the connection is read-only (then the client is told
@@ -153,13 +312,7 @@ impl Peer {
             self.metrics.reject("read_only");
             return Ok(Some(protocol::encode_auth_denied(READ_ONLY_REASON)));
         }
-        if !self.updates.try_take() {
-            self.metrics.limit_hit("update_rate");
-            return Err(Refusal::new(
-                close_code::POLICY_VIOLATION,
-                "update rate limit exceeded",
-            ));
-        }
+        self.take(Budget::Updates)?;
         self.metrics.updates_received.inc();
         self.metrics
             .update_bytes_received
@@ -218,5 +371,68 @@ impl Peer {
                 Refusal::new(close_code::INTERNAL_ERROR, error.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::RoomConfig;
+    use crate::store::SledStore;
+    use std::time::Duration;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Doc, StateVector, Text, Transact};
+
+    fn peer() -> Peer {
+        let config = RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        };
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let room = Room::load("room".into(), store, config, metrics.clone(), None).unwrap();
+        let budgets = MessageBudgets::with_update_rate(1000);
+        Peer::new(Arc::new(room), Access::ReadWrite, &budgets, metrics)
+    }
+
+    fn an_update() -> Vec<u8> {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("text");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "hello");
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn each_reply_comes_back_before_the_next_message_is_handled() {
+        let mut peer = peer();
+        let empty = StateVector::default().encode_v1();
+        let frame = [
+            protocol::encode_sync_step1(&empty).to_vec(),
+            protocol::encode_update(&an_update()).to_vec(),
+            protocol::encode_sync_step1(&empty).to_vec(),
+        ]
+        .concat();
+        let mut messages = InboundFrame::new(&frame);
+        let first = peer.next_reply(&mut messages).unwrap().unwrap();
+        // The update after the first request is not applied yet.
+        let room_state = || peer.room().encode_state();
+        assert_eq!(room_state(), vec![0, 0]);
+        assert_eq!(first, protocol::encode_sync_step2(&[0, 0]));
+        let second = peer.next_reply(&mut messages).unwrap().unwrap();
+        assert_ne!(second, first, "the second reply holds the update");
+        assert!(peer.next_reply(&mut messages).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_frame_of_more_messages_than_allowed_is_refused() {
+        let mut peer = peer();
+        let frame = protocol::encode_query_awareness().repeat(MAX_MESSAGES_PER_FRAME);
+        assert_eq!(peer.handle_frame(&frame, drop), Ok(()));
+        let frame = protocol::encode_query_awareness().repeat(MAX_MESSAGES_PER_FRAME + 1);
+        let refusal = peer.handle_frame(&frame, drop).unwrap_err();
+        assert_eq!(refusal.code, close_code::POLICY_VIOLATION);
     }
 }

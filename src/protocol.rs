@@ -15,6 +15,9 @@
 //! An inbound frame may hold several concatenated messages; every outbound frame holds exactly
 //! one, because clients up to y-websocket v3 read only the first message of a frame.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
@@ -147,6 +150,9 @@ pub(crate) struct DecodedUpdate {
 /// load of the automerge-paper room and an encode and a decode per keystroke.
 pub(crate) fn decode_update(bytes: &[u8]) -> Result<DecodedUpdate, String> {
     let mut needs: Vec<(u64, u64)> = Vec::new();
+    // Where each client's entry is in `needs`: an update may name hundreds of thousands of
+    // clients, and a scan of `needs` per reference made its check quadratic.
+    let mut need_of: HashMap<u64, usize> = HashMap::new();
     let mut refers_ahead = None;
     let mut has_subdocuments = false;
     validate::update_v1_with_references(
@@ -159,9 +165,15 @@ pub(crate) fn decode_update(bytes: &[u8]) -> Result<DecodedUpdate, String> {
                         refers_ahead.get_or_insert((client, from_clock, clock));
                     }
                 }
-                _ => match needs.iter_mut().find(|(known, _)| *known == client) {
-                    Some((_, end)) => *end = (*end).max(needed),
-                    None => needs.push((client, needed)),
+                _ => match need_of.entry(client) {
+                    Entry::Occupied(entry) => {
+                        let end = &mut needs[*entry.get()].1;
+                        *end = (*end).max(needed);
+                    }
+                    Entry::Vacant(entry) => {
+                        entry.insert(needs.len());
+                        needs.push((client, needed));
+                    }
                 },
             }
         },

@@ -84,6 +84,10 @@ const MAX_UNWRITTEN_BYTES: usize = 4 << 10;
 /// Stored updates applied per transaction when a room loads.
 const LOAD_BATCH: usize = 1000;
 
+/// Most awareness client IDs one connection may set states for (y-websocket uses one per
+/// document); see [`Room::apply_awareness`].
+pub const MAX_AWARENESS_CLIENTS: usize = 8;
+
 /// An empty v1 update: what encoding a transaction that changed nothing gives.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
 
@@ -424,12 +428,22 @@ impl Room {
     }
 
     /// The SyncStep2 answer to a client's SyncStep1: everything the client lacks.
+    ///
+    /// The answer to an empty state vector is encoded under the room's lock, since it is kept
+    /// for every joiner until the document changes, and must not miss a change applied
+    /// meanwhile. Any other is encoded outside it, on a handle to the document (which has a
+    /// lock of its own): the room keeps relaying awareness and admitting members meanwhile.
+    /// The asking member is subscribed, so a change applied during the encode reaches it in
+    /// the reply, its update queue, or both (clients ignore what they have).
     pub fn sync_step2(&self, client_state: &StateVector) -> Bytes {
+        if !client_state.is_empty() {
+            let doc = self.state().awareness.doc().clone();
+            let diff = doc.transact().encode_state_as_update_v1(client_state);
+            return protocol::encode_sync_step2(&diff);
+        }
         let mut state = self.state();
-        if client_state.is_empty() {
-            if let Some(reply) = &state.full_sync_reply {
-                return reply.clone();
-            }
+        if let Some(reply) = &state.full_sync_reply {
+            return reply.clone();
         }
         let diff = state
             .awareness
@@ -437,9 +451,7 @@ impl Room {
             .transact()
             .encode_state_as_update_v1(client_state);
         let reply = protocol::encode_sync_step2(&diff);
-        if client_state.is_empty() {
-            state.full_sync_reply = Some(reply.clone());
-        }
+        state.full_sync_reply = Some(reply.clone());
         reply
     }
 
@@ -576,6 +588,11 @@ impl Room {
 
     /// Applies a client's awareness update and relays it to every member. The client IDs it
     /// sets are recorded in `controlled`, so that they are removed when the connection ends.
+    ///
+    /// Entries about a client ID whose state another connection set (present in the room and
+    /// not in `controlled`) are ignored: one connection must not overwrite or remove another's
+    /// presence. So are entries for new client IDs beyond [`MAX_AWARENESS_CLIENTS`] per
+    /// connection. Ignored entries are counted; the rest is applied and relayed.
     pub fn apply_awareness(
         &self,
         payload: &[u8],
@@ -584,7 +601,7 @@ impl Room {
         // Checked before yrs reserves memory for the number of states it announces.
         protocol::validate::awareness_update(payload)
             .map_err(|error| ApplyError::InvalidAwareness(error.to_string()))?;
-        let update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
+        let mut update = protocol::decode_untrusted(|| AwarenessUpdate::decode_v1(payload))
             .map_err(ApplyError::InvalidAwareness)?;
         // Removing a state bumps its clock; at u32::MAX that overflows (fuzzer finding
         // `awareness-clock-max-then-disconnect`), and no real client counts that far.
@@ -594,6 +611,42 @@ impl Room {
             ));
         }
         let mut state = self.state();
+        let announced = update.clients.len();
+        let (mut not_owned, mut over_limit) = (0, 0);
+        let mut may_claim = MAX_AWARENESS_CLIENTS.saturating_sub(controlled.len());
+        update.clients.retain(|client, _| {
+            if controlled.contains(client) {
+                true
+            } else if state
+                .awareness
+                .state::<serde::de::IgnoredAny>(*client)
+                .is_some()
+            {
+                not_owned += 1;
+                false
+            } else if may_claim > 0 {
+                may_claim -= 1;
+                true
+            } else {
+                over_limit += 1;
+                false
+            }
+        });
+        if not_owned > 0 {
+            self.metrics.reject("awareness_not_owned");
+        }
+        if over_limit > 0 {
+            self.metrics.limit_hit("awareness_clients");
+        }
+        if update.clients.is_empty() {
+            return Ok(());
+        }
+        // What is relayed: the client's bytes, or what was kept of them.
+        let frame = if update.clients.len() == announced {
+            protocol::encode_awareness(payload)
+        } else {
+            protocol::encode_awareness(&update.encode_v1())
+        };
         let summary = state
             .awareness
             .apply_update_summary(update)
@@ -605,7 +658,7 @@ impl Room {
             for client in &summary.removed {
                 controlled.remove(client);
             }
-            broadcast_awareness(&mut state, protocol::encode_awareness(payload));
+            broadcast_awareness(&mut state, frame);
             self.metrics
                 .broadcast_frames
                 .inc_by(state.members.len() as u64);
@@ -873,13 +926,13 @@ impl Room {
         self.store.delete(&self.name)
     }
 
-    /// The whole document as one v1 update.
+    /// The whole document as one v1 update. Encoded outside the room's lock, on a handle to
+    /// the document (see [`Room::sync_step2`]). Blocking on a big document: async callers run
+    /// it on the blocking pool.
     pub fn encode_state(&self) -> Vec<u8> {
-        self.state()
-            .awareness
-            .doc()
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        let doc = self.state().awareness.doc().clone();
+        let txn = doc.transact();
+        txn.encode_state_as_update_v1(&StateVector::default())
     }
 }
 
@@ -965,6 +1018,9 @@ fn integrate(txn: &mut TransactionMut, decoded: DecodedUpdate) -> Result<(), App
 /// `state` must be read from the transaction that applies the update.
 fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<(), ApplyError> {
     let insertions = decoded.update.insertions(true);
+    // Per client, where the document's clocks will end once the update's insertions are in
+    // (they are contiguous with the room's, checked here first).
+    let mut ends: HashMap<u64, u32> = HashMap::with_capacity(insertions.len());
     for (client, ranges) in insertions.iter() {
         let mut known = state.get(client);
         // An `IdSet`'s ranges are sorted by start and merged where they touch.
@@ -978,16 +1034,13 @@ fn check_dependencies(decoded: &DecodedUpdate, state: &StateVector) -> Result<()
             }
             known = known.max(range.end);
         }
+        ends.insert(client.get(), known);
     }
     for &(client, needed) in &decoded.needs {
-        let id = ClientID::new(client);
-        // The update's own insertions for the client are contiguous with the room's (checked
-        // above), so the document will have everything up to where they end.
-        let inserted = insertions
-            .iter()
-            .find(|(inserted, _)| **inserted == id)
-            .and_then(|(_, ranges)| ranges.iter().map(|range| range.end).max());
-        let known = state.get(&id).max(inserted.unwrap_or(0));
+        let known = match ends.get(&client) {
+            Some(end) => *end,
+            None => state.get(&ClientID::new(client)),
+        };
         if needed > u64::from(known) {
             return Err(ApplyError::MissingDependency {
                 client,
@@ -1127,6 +1180,7 @@ fn full_awareness(awareness: &Awareness) -> Option<Bytes> {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+    use yrs::encoding::write::Write;
     use yrs::{Map, Text};
 
     /// A panic inside the critical section on demand, for this thread only.
@@ -1845,5 +1899,65 @@ mod tests {
         let reloaded = room_on(store.clone());
         assert_eq!(reloaded.to_json(), room.to_json());
         assert!(text(&reloaded).as_str().unwrap().contains("after"));
+    }
+
+    /// Runs `encode` (which reads the document) while the document is busy in another
+    /// transaction, and says whether an awareness update could be applied meanwhile: whether
+    /// `encode` waits for the document without holding the room's lock.
+    fn room_usable_while(room: &Arc<Room>, encode: fn(&Room)) -> bool {
+        use std::sync::mpsc;
+        let doc = room.state().awareness.doc().clone();
+        let (busy_tx, busy_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let _txn = doc.transact_mut();
+            busy_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        busy_rx.recv().unwrap();
+        let encoding = {
+            let room = room.clone();
+            std::thread::spawn(move || encode(&room))
+        };
+        // Let the encode reach the document's lock.
+        std::thread::sleep(Duration::from_millis(200));
+        let (done_tx, done_rx) = mpsc::channel();
+        let awareness = {
+            let room = room.clone();
+            std::thread::spawn(move || {
+                let mut payload = Vec::new();
+                payload.write_var(1u32);
+                payload.write_var(5u64);
+                payload.write_var(1u32);
+                payload.write_string("{}");
+                let applied = room.apply_awareness(&payload, &mut HashSet::new());
+                let _ = done_tx.send(applied.is_ok());
+            })
+        };
+        let usable = done_rx.recv_timeout(Duration::from_secs(10)) == Ok(true);
+        release_tx.send(()).unwrap();
+        for thread in [writer, encoding, awareness] {
+            thread.join().unwrap();
+        }
+        usable
+    }
+
+    #[test]
+    fn encoding_the_state_does_not_hold_the_room_lock() {
+        let room = room();
+        room.apply_update(&insert("some text")).unwrap();
+        assert!(room_usable_while(&room, |room| drop(room.encode_state())));
+        assert!(room_usable_while(&room, |room| drop(room.to_json())));
+    }
+
+    #[test]
+    fn a_sync_reply_to_a_non_empty_state_vector_does_not_hold_the_room_lock() {
+        let room = room();
+        room.apply_update(&insert("some text")).unwrap();
+        assert!(room_usable_while(&room, |room| {
+            let mut state_vector = StateVector::default();
+            state_vector.set_max(ClientID::new(99), 1);
+            drop(room.sync_step2(&state_vector));
+        }));
     }
 }

@@ -159,7 +159,7 @@ async fn handle(call: Call, query: ApiQuery, body: Bytes, shared: Arc<Shared>) -
         Call::List => list_rooms(&shared, &query).await,
         Call::Info(room) => room_info(&shared, &room).await,
         Call::State(room) => match join(&shared, &room).await {
-            Ok(lease) => room_state(lease.room(), query.format.as_deref()),
+            Ok(lease) => room_state(&lease, query.format).await,
             Err(response) => response,
         },
         Call::Update(room) => match join(&shared, &room).await {
@@ -295,17 +295,36 @@ async fn room_info(shared: &Shared, room: &str) -> Response {
     .into_response()
 }
 
-fn room_state(room: &Room, format: Option<&str>) -> Response {
-    match format {
-        Some("json") => warp::reply::json(&room.to_json()).into_response(),
-        None | Some("binary") => warp::reply::with_header(
-            room.encode_state(),
-            "content-type",
-            "application/octet-stream",
+/// The room's document, as JSON or as one v1 update. Encoding a big document takes a while:
+/// it runs on the blocking pool, not on a runtime thread, while the lease keeps the room in
+/// memory.
+async fn room_state(lease: &RoomLease, format: Option<String>) -> Response {
+    let json = match format.as_deref() {
+        Some("json") => true,
+        None | Some("binary") => false,
+        Some(_) => return json_error(StatusCode::BAD_REQUEST, "format must be json or binary"),
+    };
+    let room = lease.room().clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        if json {
+            warp::reply::json(&room.to_json()).into_response()
+        } else {
+            warp::reply::with_header(
+                room.encode_state(),
+                "content-type",
+                "application/octet-stream",
+            )
+            .into_response()
+        }
+    })
+    .await;
+    encoded.unwrap_or_else(|error| {
+        tracing::error!(%error, "encoding a room's state failed");
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the document failed",
         )
-        .into_response(),
-        Some(_) => json_error(StatusCode::BAD_REQUEST, "format must be json or binary"),
-    }
+    })
 }
 
 fn apply_update(room: &Arc<Room>, body: &[u8]) -> Response {

@@ -8,9 +8,10 @@
 //! (close 1013).
 //!
 //! Each idle connection holds this task's future, so its size matters (see *Idle memory* in
-//! `BENCHMARKS.md`): inbound frames are handled synchronously and only the replies awaited,
-//! sends are combinators rather than `async fn`s, and [`run`] builds the session before its
-//! future.
+//! `BENCHMARKS.md`): an inbound frame is handled message by message, each reply sent before
+//! the next message is looked at (so a frame packing many requests holds one reply at a time,
+//! and a client that does not read its replies meets the send timeout), sends are combinators
+//! rather than `async fn`s, and [`run`] builds the session before its future.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,13 +29,17 @@ pub type WebSocket =
     tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 use crate::auth::Access;
+use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::peer::{Peer, Refusal, close_code};
+use crate::peer::{InboundFrame, Peer, Refusal, close_code};
 use crate::room::{ConnectionId, Subscription};
 use crate::rooms::RoomLease;
 
 /// Longest a single send may take before the peer is considered gone.
 pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the session reads on after sending its close frame, waiting for the client's.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Most queued frames written before one flush.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -104,7 +109,7 @@ pub fn run<'a>(
         peer: Peer::new(
             room,
             settings.access,
-            settings.max_updates_per_sec,
+            &MessageBudgets::with_update_rate(settings.max_updates_per_sec),
             settings.metrics.clone(),
         ),
         connection: settings.connection,
@@ -127,6 +132,13 @@ pub fn run<'a>(
                     reason: close_reason(&reason).into(),
                 }));
                 let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
+                // Read on until the client's close (or briefly): closing a socket with unread
+                // input resets the connection, and a reset can discard the close frame before
+                // the client reads it (a flooding client, the one that most needs the code).
+                let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+                    while let Some(Ok(_)) = session.socket.next().await {}
+                })
+                .await;
             }
             End::Gone => tracing::debug!("peer gone"),
         }
@@ -199,7 +211,7 @@ impl Session {
                     Err(End::close(close_code::GOING_AWAY, "server shutting down"))
                 }
                 inbound = self.socket.next() => match self.receive(inbound, settings) {
-                    Ok(Some(replies)) => self.reply(replies).await,
+                    Ok(Some(frame)) => self.handle(frame).await,
                     Ok(None) => Ok(()),
                     Err(end) => Err(end),
                 },
@@ -252,15 +264,13 @@ impl Session {
         }
     }
 
-    /// Takes in one inbound message. A binary frame is handled here, synchronously, and the
-    /// replies it calls for come back to be sent (by the caller, so that this part adds
-    /// nothing to the session's future); `None` for anything else that does not end the
-    /// session.
+    /// Takes in one inbound message: a binary frame comes back to be handled; `None` for
+    /// anything else that does not end the session.
     fn receive(
         &mut self,
         inbound: Option<Result<Message, tungstenite::Error>>,
         settings: &Settings,
-    ) -> Result<Option<Vec<Bytes>>, End> {
+    ) -> Result<Option<Bytes>, End> {
         let message = match inbound {
             None => return Err(End::Gone),
             Some(Ok(message)) => message,
@@ -271,7 +281,7 @@ impl Session {
         self.last_heard = Instant::now();
         self.heard_anything = true;
         match message {
-            Message::Binary(frame) => Ok(Some(self.peer.handle_frame(&frame)?)),
+            Message::Binary(frame) => Ok(Some(frame)),
             Message::Text(_) => {
                 tracing::warn!("text frame received");
                 self.metrics.reject("text_frame");
@@ -286,9 +296,10 @@ impl Session {
         }
     }
 
-    /// Sends the replies to one inbound frame.
-    async fn reply(&mut self, replies: Vec<Bytes>) -> Result<(), End> {
-        for reply in replies {
+    /// Handles one inbound binary frame, sending each reply as it is made.
+    async fn handle(&mut self, frame: Bytes) -> Result<(), End> {
+        let mut messages = InboundFrame::new(&frame);
+        while let Some(reply) = self.peer.next_reply(&mut messages)? {
             self.send(reply).await?;
         }
         if self.peer.room().members_behind() {
@@ -402,18 +413,42 @@ fn time_until(deadline: SystemTime) -> Duration {
 }
 
 /// Maps a read error to the session's end: an oversized message gets 1009 with a reason that
-/// tells the client not to resend it; anything else means the peer is gone.
+/// tells the client not to resend it; a violation of the WebSocket protocol (an unmasked or
+/// malformed frame, an unknown opcode) gets 1002 and a text message that is not UTF-8 gets
+/// 1007 (RFC 6455, 7.4.1); anything else means the peer is gone.
 fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
-    if matches!(error, tungstenite::Error::Capacity(_)) {
-        tracing::warn!(max_message_bytes, "message too big");
-        metrics.limit_hit("message_size");
-        End::close(
-            close_code::MESSAGE_TOO_BIG,
-            format!("message larger than {max_message_bytes} bytes; do not resend it"),
-        )
-    } else {
-        tracing::debug!(%error, "read failed");
-        End::Gone
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(_) => {
+            tracing::warn!(max_message_bytes, "message too big");
+            metrics.limit_hit("message_size");
+            End::close(
+                close_code::MESSAGE_TOO_BIG,
+                format!("message larger than {max_message_bytes} bytes; do not resend it"),
+            )
+        }
+        // The connection dropped: nobody to tell.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            tracing::debug!(%error, "read failed");
+            End::Gone
+        }
+        tungstenite::Error::Protocol(error) => {
+            tracing::warn!(%error, "websocket protocol error");
+            metrics.reject("websocket_protocol");
+            End::close(
+                close_code::PROTOCOL_ERROR,
+                format!("websocket protocol error: {error}"),
+            )
+        }
+        tungstenite::Error::Utf8(error) => {
+            tracing::warn!(%error, "text message is not UTF-8");
+            metrics.reject("websocket_protocol");
+            End::close(close_code::INVALID_PAYLOAD, "text message is not UTF-8")
+        }
+        error => {
+            tracing::debug!(%error, "read failed");
+            End::Gone
+        }
     }
 }
 
