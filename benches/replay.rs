@@ -1,4 +1,4 @@
-//! Benchmarks on the real editing traces (`shared/data/traces/`): protocol framing, a room
+//! Benchmarks on the real editing traces (`benches/data/`): protocol framing, a room
 //! applying and broadcasting updates, sled appends, compaction, cold loads, the SyncStep2 reply
 //! and the concurrent `friendsforever` trace.
 //!

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 
 use crate::room::RoomConfig;
 
@@ -171,6 +172,14 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Reverse proxies whose `Forwarded` or `X-Forwarded-For` header names the client, as a
+    /// comma-separated list of IP addresses or CIDR blocks (`127.0.0.1,10.0.0.0/8`). Only a
+    /// connection from one of them has its client address taken from those headers (the
+    /// rightmost hop that is not itself a trusted proxy); from anyone else the headers are
+    /// ignored, since a client can write them. Default: none.
+    #[arg(long, env = "YCORD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
+    pub trusted_proxies: Vec<IpNet>,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -204,16 +213,26 @@ pub struct Limits {
     #[arg(long, env = "YCORD_MAX_UPDATES_PER_SEC", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_updates_per_sec: u64,
 
-    /// New WebSocket connections per second from one IP address (a burst of five seconds' worth
-    /// is allowed); beyond it upgrades are refused with HTTP 429. Raise it behind a proxy that
-    /// makes every client come from one address.
-    #[arg(long, env = "YCORD_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    /// New WebSocket connections per second from one client address (a burst of five seconds'
+    /// worth is allowed); beyond it upgrades are refused with HTTP 429. The default lets 250
+    /// clients reconnect at once from one address (an office, or a proxy not listed in
+    /// `--trusted-proxies`) and refuses a flood.
+    #[arg(long, env = "YCORD_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connects_per_ip_per_sec: u64,
 
     /// Seconds a new connection has to send its first message (clients send SyncStep1 at
     /// once); a silent one is closed (1008).
     #[arg(long, env = "YCORD_FIRST_MESSAGE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub first_message_secs: u64,
+}
+
+/// An IP address (a block of one) or a CIDR block.
+fn parse_ip_net(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is neither an IP address nor a CIDR block"))
 }
 
 impl ServeConfig {

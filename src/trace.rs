@@ -1,5 +1,5 @@
-//! Real editing traces (`shared/data/traces/`, CC BY 4.0) turned into Yjs updates, for the
-//! benches, the load tool and tests.
+//! Real editing traces (`benches/data/`, CC BY 4.0, attribution in `benches/data/README.md`)
+//! turned into Yjs updates, for the benches, the load tool and tests.
 //!
 //! A sequential trace is `{startContent, endContent, txns: [{patches: [[pos, del, ins]]}]}`
 //! with positions in Unicode code points (both shared traces are pure ASCII). Replaying it against a `yrs` text gives one v1
@@ -110,12 +110,13 @@ fn load_gzipped_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, T
     })
 }
 
-/// Where the shared traces live relative to this crate (`../shared/data/traces/`), unless
-/// `YCORD_TRACES_DIR` says otherwise.
+/// Where the traces live: `benches/data/` inside this repository, so a clone has everything its
+/// tests and benches read. `YCORD_TRACES_DIR` points elsewhere (e.g. a folder of other traces in
+/// the same format for `ycord-bench`).
 pub fn traces_dir() -> PathBuf {
     std::env::var_os("YCORD_TRACES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/traces"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data"))
 }
 
 /// A concurrent editing trace (`friendsforever`) as stored on disk: `{kind: "concurrent",

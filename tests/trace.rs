@@ -1,4 +1,4 @@
-//! The shared editing traces replay to their recorded final text.
+//! The editing traces in `benches/data/` replay to their recorded final text.
 
 use ycord::trace::{SequentialTrace, traces_dir};
 

@@ -336,7 +336,9 @@ fn routes(
         .and(warp::header::<String>("sec-websocket-key"))
         .and(warp::path::full())
         .and(http::credentials())
-        .and(warp::ext::optional::<listener::ClientAddr>())
+        .and(listener::client_ip(
+            shared.config.trusted_proxies.clone().into(),
+        ))
         .and(with_shared.clone())
         .and_then(upgrade);
     websocket
@@ -362,7 +364,7 @@ async fn upgrade(
     key: String,
     path: warp::path::FullPath,
     token: Option<String>,
-    client: Option<listener::ClientAddr>,
+    client: Option<std::net::IpAddr>,
     shared: Arc<Shared>,
 ) -> Result<warp::reply::Response, Infallible> {
     let room = match room_name(path.as_str(), &shared.base_path) {
@@ -380,7 +382,7 @@ async fn upgrade(
             "shutting down",
         ));
     }
-    if let Some(ip) = client.map(|listener::ClientAddr(addr)| addr.ip()) {
+    if let Some(ip) = client {
         if !shared.connects_per_ip.allow(ip) {
             shared.metrics.limit_hit("connects_per_ip");
             return Ok(http::json_error(

@@ -40,7 +40,7 @@ pub struct ReplayArgs {
     pub readers: u32,
 
     /// Gzipped sequential trace (JSON with startContent, endContent, txns[].patches).
-    /// Default: the shared automerge-paper trace (259,778 transactions).
+    /// Default: `benches/data/automerge-paper.json.gz` (259,778 transactions).
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,
 

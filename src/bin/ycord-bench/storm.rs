@@ -41,7 +41,7 @@ pub struct StormArgs {
     pub joiners: u32,
 
     /// Gzipped sequential trace whose final document is loaded into the room.
-    /// Default: the shared automerge-paper trace.
+    /// Default: `benches/data/automerge-paper.json.gz`.
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,
 
