@@ -23,7 +23,7 @@ use ycord::error::StoreError;
 use ycord::metrics::Metrics;
 use ycord::protocol::{self, Inbound};
 use ycord::room::{Applied, Room, RoomConfig, Subscription};
-use ycord::store::{DocStore, RoomStats, SledStore, StoredDoc};
+use ycord::store::{DocStore, FailingStore, RoomStats, SledStore, StoredDoc};
 use ycord::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 const ROOM: &str = "bench";
@@ -343,7 +343,7 @@ fn compaction(c: &mut Criterion) {
         let store = store_with_snapshot_and_tail(trace);
         let room = Room::load(
             ROOM.into(),
-            Arc::new(LogAs(store.clone())),
+            log_as_full_state(&store),
             config(),
             Arc::new(Metrics::new()),
             None,
@@ -366,7 +366,7 @@ fn compaction(c: &mut Criterion) {
                 let room = Arc::new(
                     Room::load(
                         ROOM.into(),
-                        Arc::new(LogAs(store.clone())),
+                        log_as_full_state(&store),
                         config(),
                         Arc::new(Metrics::new()),
                         None,
@@ -390,7 +390,7 @@ fn compaction(c: &mut Criterion) {
                 let room = Arc::new(
                     Room::load(
                         ROOM.into(),
-                        Arc::new(LogAs(store.clone())),
+                        log_as_full_state(&store),
                         config(),
                         Arc::new(Metrics::new()),
                         None,
@@ -454,58 +454,16 @@ impl DocStore for NullStore {
 /// A store that presents the room's full state as a one-entry log whose sequence numbers
 /// match the real log underneath (`next_seq` past its end), so that `Room::compact` removes
 /// the whole real log. Everything else goes to the real store.
-struct LogAs(Arc<SledStore>);
-
-impl DocStore for LogAs {
-    fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        let real = self.0.load(room)?;
-        Ok(StoredDoc {
+fn log_as_full_state(store: &Arc<SledStore>) -> Arc<dyn DocStore> {
+    Arc::new(
+        FailingStore::new(store.clone()).map_loads(|_, real| StoredDoc {
             snapshot: None,
             log: vec![automerge().full_state.clone()],
             next_seq: real.next_seq,
             corrupt: Vec::new(),
             last_change_ms: None,
-        })
-    }
-    fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
-        self.0.append(room, seq, updates)
-    }
-    fn compact(
-        &self,
-        room: &str,
-        snapshot: &[u8],
-        through_seq: u64,
-        last_change_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.0.compact(room, snapshot, through_seq, last_change_ms)
-    }
-    fn delete(&self, room: &str) -> Result<(), StoreError> {
-        self.0.delete(room)
-    }
-    fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
-        self.0.deleted_at(room)
-    }
-    fn undelete(&self, room: &str) -> Result<bool, StoreError> {
-        self.0.undelete(room)
-    }
-    fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.0.tombstones()
-    }
-    fn flush(&self) -> Result<usize, StoreError> {
-        self.0.flush()
-    }
-    fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
-        self.0.stats(room)
-    }
-    fn rooms(&self) -> Result<Vec<String>, StoreError> {
-        self.0.rooms()
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.0.size_on_disk()
-    }
-    fn check_writable(&self) -> Result<(), StoreError> {
-        self.0.check_writable()
-    }
+        }),
+    )
 }
 
 /// Bench 5: Loading the final automerge-paper room from a store: one compacted snapshot, a

@@ -569,110 +569,9 @@ impl Rooms {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::error::ApplyError;
-    use crate::store::{FailingStore, RoomStats, SledStore, StoredDoc};
-
-    /// A store whose loads take a while and count how many run at once.
-    struct SlowLoads {
-        inner: SledStore,
-        running: AtomicUsize,
-        most_at_once: AtomicUsize,
-    }
-
-    impl DocStore for SlowLoads {
-        fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-            let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-            self.most_at_once.fetch_max(running, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(20));
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            self.inner.load(room)
-        }
-        fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
-            self.inner.append(room, seq, updates)
-        }
-        fn compact(&self, room: &str, state: &[u8], seq: u64, at: u64) -> Result<(), StoreError> {
-            self.inner.compact(room, state, seq, at)
-        }
-        fn delete(&self, room: &str) -> Result<(), StoreError> {
-            self.inner.delete(room)
-        }
-        fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
-            self.inner.deleted_at(room)
-        }
-        fn undelete(&self, room: &str) -> Result<bool, StoreError> {
-            self.inner.undelete(room)
-        }
-        fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
-            self.inner.tombstones()
-        }
-        fn flush(&self) -> Result<usize, StoreError> {
-            self.inner.flush()
-        }
-        fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
-            self.inner.stats(room)
-        }
-        fn rooms(&self) -> Result<Vec<String>, StoreError> {
-            self.inner.rooms()
-        }
-        fn size_on_disk(&self) -> Result<u64, StoreError> {
-            self.inner.size_on_disk()
-        }
-        fn check_writable(&self) -> Result<(), StoreError> {
-            self.inner.check_writable()
-        }
-    }
-
-    /// A store whose appends stop on their way, before they reach sled, until released: what
-    /// a busy disk or a slow thread does to a write taken before a deletion.
-    struct HeldAppends {
-        inner: SledStore,
-        held: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl DocStore for HeldAppends {
-        fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-            self.inner.load(room)
-        }
-        fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
-            let _ = self.held.lock().unwrap().send(());
-            let _ = self.release.lock().unwrap().recv();
-            self.inner.append(room, seq, updates)
-        }
-        fn compact(&self, room: &str, state: &[u8], seq: u64, at: u64) -> Result<(), StoreError> {
-            self.inner.compact(room, state, seq, at)
-        }
-        fn delete(&self, room: &str) -> Result<(), StoreError> {
-            self.inner.delete(room)
-        }
-        fn deleted_at(&self, room: &str) -> Result<Option<u64>, StoreError> {
-            self.inner.deleted_at(room)
-        }
-        fn undelete(&self, room: &str) -> Result<bool, StoreError> {
-            self.inner.undelete(room)
-        }
-        fn tombstones(&self) -> Result<Vec<(String, u64)>, StoreError> {
-            self.inner.tombstones()
-        }
-        fn flush(&self) -> Result<usize, StoreError> {
-            self.inner.flush()
-        }
-        fn stats(&self, room: &str) -> Result<RoomStats, StoreError> {
-            self.inner.stats(room)
-        }
-        fn rooms(&self) -> Result<Vec<String>, StoreError> {
-            self.inner.rooms()
-        }
-        fn size_on_disk(&self) -> Result<u64, StoreError> {
-            self.inner.size_on_disk()
-        }
-        fn check_writable(&self) -> Result<(), StoreError> {
-            self.inner.check_writable()
-        }
-    }
+    use crate::store::{FailingStore, SledStore, StoreCall};
 
     fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {
         let config = RoomConfig {
@@ -702,14 +601,20 @@ mod tests {
     /// it is refused there: the room stays deleted, with nothing stored, across a reload.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_taken_before_a_deletion_cannot_bring_the_room_back() {
+        // Appends stop on their way, before they reach sled, until released: what a busy disk
+        // or a slow thread does to a write taken before a deletion.
         let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, release_rx) = (Mutex::new(held_tx), Mutex::new(release_rx));
         let inner = SledStore::temporary().unwrap();
-        let store = Arc::new(HeldAppends {
-            inner: inner.clone(),
-            held: std::sync::Mutex::new(held_tx),
-            release: std::sync::Mutex::new(release_rx),
-        });
+        let store = Arc::new(
+            FailingStore::new(Arc::new(inner.clone())).before(move |op, _| {
+                if op == StoreCall::Append {
+                    let _ = held_tx.lock().unwrap().send(());
+                    let _ = release_rx.lock().unwrap().recv();
+                }
+            }),
+        );
         let rooms = rooms_on(store.clone());
         let lease = rooms.join("doomed").await.unwrap();
         let room = lease.room().clone();
@@ -849,11 +754,19 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reconnect_storm_loads_a_bounded_number_of_rooms_at_once() {
-        let store = Arc::new(SlowLoads {
-            inner: SledStore::temporary().unwrap(),
-            running: AtomicUsize::new(0),
-            most_at_once: AtomicUsize::new(0),
-        });
+        // Loads take a while and count how many run at once.
+        let running = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let (counting, most) = (running.clone(), most_at_once.clone());
+        let sled = Arc::new(SledStore::temporary().unwrap());
+        let store = Arc::new(FailingStore::new(sled).before(move |op, _| {
+            if op == StoreCall::Load {
+                let now = counting.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                counting.fetch_sub(1, Ordering::SeqCst);
+            }
+        }));
         let config = RoomConfig {
             compact_log_updates: u64::MAX,
             compact_log_bytes: u64::MAX,
@@ -881,7 +794,7 @@ mod tests {
             assert!(join.await.unwrap(), "every room loads");
         }
         assert_eq!(rooms.loaded_count(), 40);
-        let most = store.most_at_once.load(Ordering::SeqCst);
+        let most = most_at_once.load(Ordering::SeqCst);
         assert!(
             (1..=max_concurrent_loads()).contains(&most),
             "{most} loads ran at once"

@@ -16,7 +16,7 @@ use common::{Client, TestServer, WAIT, text};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use ycord::ServeConfig;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, Map, ReadTxn, Text, Transact, Update};
+use yrs::{Doc, Map, ReadTxn, Transact, Update};
 
 /// Longest one admin command may take.
 const COMMAND_WAIT: Duration = Duration::from_secs(20);
@@ -97,33 +97,18 @@ fn decode(bytes: &[u8]) -> Doc {
     doc
 }
 
-/// Appends `content` to the client's text and waits for the server's echo.
-async fn append(client: &Client, content: &str) {
-    let before = client.seen.lock().unwrap().frames.len();
-    let text_ref = client.doc.get_or_insert_text("text");
-    client
-        .edit(|txn| {
-            let len = text_ref.len(txn);
-            text_ref.insert(txn, len, content)
-        })
-        .await;
-    client
-        .wait_until(|seen, _| seen.frames[before..].iter().any(|f| f.starts_with(&[0, 2])))
-        .await;
-}
-
 /// A data directory filled by an in-process server that was then stopped.
 async fn filled_data_dir() -> TestServer {
     let mut server = TestServer::start().await;
     let doc = Client::connect(&server, "doc").await;
-    append(&doc, "hello from doc").await;
+    doc.append_and_wait_echo("hello from doc").await;
     let map_ref = doc.doc.get_or_insert_map("meta");
     doc.edit(|txn| {
         map_ref.insert(txn, "title", "Minutes");
     })
     .await;
     let other = Client::connect(&server, "file:text/42").await;
-    append(&other, "forty-two").await;
+    other.append_and_wait_echo("forty-two").await;
     // Both rooms hold everything once a fresh joiner sees it.
     let check = Client::connect(&server, "doc").await;
     check
@@ -288,7 +273,7 @@ async fn compact_all_folds_the_log_left_by_a_killed_server() {
 
     let client = Client::connect_with_doc(&format!("ws://{addr}/doc"), Doc::new()).await;
     for word in ["one ", "two ", "three"] {
-        append(&client, word).await;
+        client.append_and_wait_echo(word).await;
     }
     // Wait for two complete flushes after the last change: the second started after it.
     let metrics = format!("http://{addr}/metrics");
@@ -329,7 +314,7 @@ async fn compact_all_folds_the_log_left_by_a_killed_server() {
 async fn commands_refuse_a_data_dir_held_by_a_running_server() {
     let server = TestServer::start().await;
     let writer = Client::connect(&server, "doc").await;
-    append(&writer, "live").await;
+    writer.append_and_wait_echo("live").await;
     let dir = server.data_dir();
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("doc.update");
@@ -354,7 +339,7 @@ async fn commands_refuse_a_data_dir_held_by_a_running_server() {
         );
     }
     // The running server is unaffected.
-    append(&writer, " and well").await;
+    writer.append_and_wait_echo(" and well").await;
     let fresh = Client::connect(&server, "doc").await;
     assert_eq!(text(&fresh.doc, "text"), "live and well");
 }

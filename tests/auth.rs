@@ -55,18 +55,6 @@ fn with_token(url: &str, token: &str) -> String {
     format!("{url}?token={token}")
 }
 
-/// The value of the metric line `name` (with its labels, if any) in the server's metrics.
-fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.server().metrics().render();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(|value| value.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or(0.0)
-}
-
 /// Attempts an upgrade that must be refused; returns the HTTP status.
 async fn refused_status(request: impl IntoClientRequest + Unpin) -> u16 {
     let attempt = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
@@ -144,25 +132,22 @@ async fn upgrades_without_a_valid_token_are_refused_before_any_room_is_loaded() 
     );
 
     // Nothing was loaded, opened or counted as a connection by any of these.
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 0.0);
-    assert_eq!(metric(&server, "ycord_connections_total"), 0.0);
-    assert_eq!(metric(&server, "ycord_connections_open"), 0.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 0.0);
+    assert_eq!(server.metric("ycord_connections_total"), 0.0);
+    assert_eq!(server.metric("ycord_connections_open"), 0.0);
     assert_eq!(
-        metric(&server, "ycord_auth_failures_total{reason=\"missing\"}"),
+        server.metric("ycord_auth_failures_total{reason=\"missing\"}"),
         2.0
     );
     assert_eq!(
-        metric(
-            &server,
-            "ycord_auth_failures_total{reason=\"room_not_allowed\"}"
-        ),
+        server.metric("ycord_auth_failures_total{reason=\"room_not_allowed\"}"),
         2.0
     );
 
     // The same room with a good token loads (the gauge above can move).
     let client =
         Client::connect_with_doc(&with_token(&url, &token(&["doc"], "rw")), Doc::new()).await;
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 1.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 1.0);
     client.close().await;
 }
 
@@ -198,7 +183,7 @@ async fn a_prefix_grant_opens_the_rooms_under_it_only() {
         );
     }
     // Only the granted room was ever loaded.
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 1.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 1.0);
 }
 
 #[tokio::test]
@@ -360,10 +345,7 @@ async fn read_only_tokens_sync_and_share_presence_but_their_updates_are_refused(
     let fresh = Client::connect_with_doc(&with_token(&url, &ro), Doc::new()).await;
     assert_eq!(text(&fresh.doc, "text"), "hello world!");
     assert_eq!(
-        metric(
-            &server,
-            "ycord_rejected_messages_total{reason=\"read_only\"}"
-        ),
+        server.metric("ycord_rejected_messages_total{reason=\"read_only\"}"),
         2.0
     );
 }
@@ -467,10 +449,5 @@ async fn the_stock_client_with_a_read_only_token_cannot_write() {
     let fresh =
         Client::connect_with_doc(&with_token(&server.room_url(room), &ro), Doc::new()).await;
     assert_eq!(text(&fresh.doc, "text"), "from-rw more ");
-    assert!(
-        metric(
-            &server,
-            "ycord_rejected_messages_total{reason=\"read_only\"}"
-        ) >= 1.0
-    );
+    assert!(server.metric("ycord_rejected_messages_total{reason=\"read_only\"}") >= 1.0);
 }

@@ -10,35 +10,22 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::node::{SCRIPT_TIMEOUT, ensure_node_deps, interop_dir};
-use common::{Client, TestServer, WAIT, text};
+use common::node::NodeScript;
+use common::{Client, TestServer, WAIT, call_json, http, text};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
 /// The close code of a deleted room (`close_code::ROOM_DELETED`).
 const ROOM_DELETED: u16 = 4410;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().unwrap()
-}
-
 fn api(server: &TestServer, path: &str) -> String {
     format!("http://{}/api/rooms{path}", server.addr())
 }
 
-async fn call(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body = response.bytes().await.unwrap();
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
-    (status, json)
-}
-
 async fn delete(server: &TestServer, room: &str) {
-    let (status, body) = call(http().delete(api(server, &format!("/{room}")))).await;
+    let (status, body) = call_json(http().delete(api(server, &format!("/{room}")))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "deleted": room }));
 }
@@ -85,14 +72,14 @@ async fn assert_gone(server: &TestServer, room: &str) {
         ),
     ];
     for request in calls {
-        let (status, body) = call(request).await;
+        let (status, body) = call_json(request).await;
         assert_eq!(status, StatusCode::GONE, "{body}");
         assert!(body["deleted_at_ms"].as_u64().unwrap() > 0, "{body}");
     }
 }
 
 async fn stored_rooms(server: &TestServer) -> Value {
-    let (status, list) = call(http().get(api(server, ""))).await;
+    let (status, list) = call_json(http().get(api(server, ""))).await;
     assert_eq!(status, StatusCode::OK);
     list["stored"]["rooms"].clone()
 }
@@ -133,10 +120,10 @@ async fn a_deleted_room_stays_deleted_until_its_tombstone_is_removed() {
 
     // Removing the tombstone is the way to use the name again: a new, empty room.
     let tombstone = api(&server, "/doomed/tombstone");
-    let (status, body) = call(http().delete(&tombstone)).await;
+    let (status, body) = call_json(http().delete(&tombstone)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "undeleted": "doomed" }));
-    let (status, _) = call(http().delete(&tombstone)).await;
+    let (status, _) = call_json(http().delete(&tombstone)).await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,
@@ -176,69 +163,25 @@ async fn a_room_deleted_while_unloaded_refuses_joins() {
 /// reconnecting, and the room stays deleted and empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_clients_stop_at_a_deleted_room() {
-    ensure_node_deps();
     let server = TestServer::start().await;
     let room = "js-doomed";
-    let mut child = tokio::process::Command::new("node")
-        .arg(interop_dir().join("deleted_room.mjs"))
-        .args([server.url().as_str(), room])
-        .current_dir(interop_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let stderr = child.stderr.take().unwrap();
-    let stderr_text = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut all = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push_str(&line);
-            all.push('\n');
+    let mut script = NodeScript::spawn("deleted_room.mjs", &[server.url().as_str(), room]);
+    script.expect_line("READY").await;
+    // The provider's edit is in the room before it is deleted.
+    let state = api(&server, &format!("/{room}/state?format=json"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while call_json(http().get(&state)).await.1 != json!({ "text": "doomed text" }) {
+        if tokio::time::Instant::now() > deadline {
+            script
+                .fail("the provider's edit never reached the room")
+                .await;
         }
-        all
-    });
-    let steps = async {
-        let ready = stdout.next_line().await.unwrap();
-        if ready.as_deref() != Some("READY") {
-            return Err(format!("expected READY, got {ready:?}"));
-        }
-        // The provider's edit is in the room before it is deleted.
-        let state = api(&server, &format!("/{room}/state?format=json"));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while call(http().get(&state)).await.1 != json!({ "text": "doomed text" }) {
-            if tokio::time::Instant::now() > deadline {
-                return Err("the provider's edit never reached the room".to_owned());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        delete(&server, room).await;
-        stdin.write_all(b"DELETED\n").await.unwrap();
-        stdin.flush().await.unwrap();
-        let done = stdout.next_line().await.unwrap();
-        if done.as_deref() != Some("DONE") {
-            return Err(format!("expected DONE, got {done:?}"));
-        }
-        let status = child.wait().await.unwrap();
-        if !status.success() {
-            return Err(format!("node exited with {status}"));
-        }
-        Ok(())
-    };
-    let outcome = tokio::time::timeout(SCRIPT_TIMEOUT, steps)
-        .await
-        .unwrap_or_else(|_| Err(format!("not finished within {SCRIPT_TIMEOUT:?}")));
-    if let Err(error) = outcome {
-        let _ = child.start_kill();
-        let stderr = tokio::time::timeout(Duration::from_secs(2), stderr_text)
-            .await
-            .map(|joined| joined.unwrap_or_default())
-            .unwrap_or_default();
-        panic!("deleted_room.mjs: {error}; its stderr:\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    delete(&server, room).await;
+    script.send_line("DELETED").await;
+    script.expect_line("DONE").await;
+    script.finish().await;
     assert_gone(&server, room).await;
     assert_eq!(stored_rooms(&server).await, json!([]));
 }

@@ -32,23 +32,8 @@ const MAX_RSS_GROWTH: u64 = 96 << 20;
 /// One test at a time: they measure this process's memory.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The value of the metric line `name` (with its labels, if any) in the server's metrics.
-fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.server().metrics().render();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(|value| value.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or(0.0)
-}
-
 fn limit_hits(server: &TestServer, reason: &str) -> f64 {
-    metric(
-        server,
-        &format!("ycord_limit_hits_total{{reason=\"{reason}\"}}"),
-    )
+    server.metric(&format!("ycord_limit_hits_total{{reason=\"{reason}\"}}"))
 }
 
 /// This process's resident set (the server runs in it), in bytes.
@@ -492,10 +477,7 @@ async fn a_connection_cannot_overwrite_or_remove_another_connections_presence() 
         Some(r#"{"user":"alice"}"#)
     );
     assert_eq!(
-        metric(
-            &server,
-            "ycord_rejected_messages_total{reason=\"awareness_not_owned\"}"
-        ),
+        server.metric("ycord_rejected_messages_total{reason=\"awareness_not_owned\"}"),
         3.0
     );
     // Alice still controls her state; once she is gone the ID is free.

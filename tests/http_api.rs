@@ -7,23 +7,17 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::node::{SCRIPT_TIMEOUT, ensure_node_deps, interop_dir};
-use common::{Client, TestServer, WAIT, text};
+use common::node::NodeScript;
+use common::{Client, TestServer, WAIT, get, get_json, http, metric_in, text};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use yrs::updates::decoder::Decode;
 use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact, Update};
 
 const SECRET: &str = "http-api-secret";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(WAIT).build().unwrap()
-}
 
 fn base(server: &TestServer) -> String {
     format!("http://{}", server.server().local_addr())
@@ -54,18 +48,6 @@ fn user_token() -> String {
     sign(json!({ "exp": in_an_hour(), "rooms": ["*"], "mode": "rw" }))
 }
 
-async fn get(url: &str) -> (StatusCode, String) {
-    let response = http().get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.text().await.unwrap())
-}
-
-async fn get_json(url: &str) -> (StatusCode, Value) {
-    let (status, body) = get(url).await;
-    let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
-    (status, json)
-}
-
 async fn post_update(server: &TestServer, room: &str, update: Vec<u8>) -> (StatusCode, Value) {
     let response = http()
         .post(format!("{}/api/rooms/{room}/update", base(server)))
@@ -79,15 +61,6 @@ async fn post_update(server: &TestServer, room: &str, update: Vec<u8>) -> (Statu
         status,
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap(),
     )
-}
-
-/// The value of the metric line `name` (with its labels, if any) in Prometheus text.
-fn metric_in(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .map(|value| value.trim().parse::<f64>().unwrap())
-    })
 }
 
 async fn scraped(server: &TestServer, name: &str) -> f64 {
@@ -472,61 +445,22 @@ async fn a_posted_update_reaches_connected_clients_and_is_persisted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_posted_update_reaches_a_stock_javascript_client() {
-    ensure_node_deps();
     let server = TestServer::start().await;
     let room = "js-room";
     let rust_client = Client::connect(&server, room).await;
-    let mut child = tokio::process::Command::new("node")
-        .arg(interop_dir().join("api_update.mjs"))
-        .args([server.url().as_str(), room, "posted-by-api"])
-        .current_dir(interop_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let stderr = child.stderr.take().unwrap();
-    let stderr_text = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut all = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let steps = async {
-        let ready = stdout.next_line().await.unwrap();
-        if ready.as_deref() != Some("READY") {
-            return Err(format!("expected READY, got {ready:?}"));
-        }
-        let (status, body) = post_update(&server, room, text_update("posted-by-api")).await;
-        if status != StatusCode::OK {
-            return Err(format!("POST answered {status}: {body}"));
-        }
-        let done = stdout.next_line().await.unwrap();
-        if done.as_deref() != Some("DONE") {
-            return Err(format!("expected DONE, got {done:?}"));
-        }
-        let status = child.wait().await.unwrap();
-        if !status.success() {
-            return Err(format!("node exited with {status}"));
-        }
-        Ok(())
-    };
-    let outcome = tokio::time::timeout(SCRIPT_TIMEOUT, steps)
-        .await
-        .unwrap_or_else(|_| Err(format!("not finished within {SCRIPT_TIMEOUT:?}")));
-    if let Err(error) = outcome {
-        let _ = child.start_kill();
-        let stderr = tokio::time::timeout(Duration::from_secs(2), stderr_text)
-            .await
-            .map(|joined| joined.unwrap_or_default())
-            .unwrap_or_default();
-        panic!("api_update.mjs: {error}; its stderr:\n{stderr}");
+    let mut script = NodeScript::spawn(
+        "api_update.mjs",
+        &[server.url().as_str(), room, "posted-by-api"],
+    );
+    script.expect_line("READY").await;
+    let (status, body) = post_update(&server, room, text_update("posted-by-api")).await;
+    if status != StatusCode::OK {
+        script
+            .fail(&format!("POST answered {status}: {body}"))
+            .await;
     }
+    script.expect_line("DONE").await;
+    script.finish().await;
     rust_client
         .wait_until(|_, doc| text(doc, "text") == "posted-by-api")
         .await;

@@ -13,18 +13,6 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite;
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
-/// The value of the metric line `name` (with its labels, if any) in the server's metrics.
-fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.server().metrics().render();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .map(|value| value.trim().parse::<f64>().unwrap())
-        })
-        .unwrap_or(0.0)
-}
-
 /// Waits until `condition` holds, polling.
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -49,27 +37,12 @@ async fn try_upgrade(url: &str) -> Result<(), u16> {
     }
 }
 
-/// Inserts `content` at the end of the client's text and waits for the server's echo.
-async fn append(client: &Client, content: &str) {
-    let before = client.seen.lock().unwrap().frames.len();
-    let text_ref = client.doc.get_or_insert_text("text");
-    client
-        .edit(|txn| {
-            let len = text_ref.len(txn);
-            text_ref.insert(txn, len, content)
-        })
-        .await;
-    client
-        .wait_until(|seen, _| seen.frames[before..].iter().any(|f| f.starts_with(&[0, 2])))
-        .await;
-}
-
 #[tokio::test]
 async fn an_update_that_would_pass_max_doc_bytes_is_refused_with_1009() {
     let server = TestServer::start_with(|config| config.limits.max_doc_bytes = 4096).await;
     let writer = Client::connect(&server, "doc").await;
     let watcher = Client::connect(&server, "doc").await;
-    append(&writer, "small").await;
+    writer.append_and_wait_echo("small").await;
     watcher
         .wait_until(|_, doc| text(doc, "text") == "small")
         .await;
@@ -86,12 +59,12 @@ async fn an_update_that_would_pass_max_doc_bytes_is_refused_with_1009() {
     assert!(!watcher.seen.lock().unwrap().ended);
     let fresh = Client::connect(&server, "doc").await;
     assert_eq!(text(&fresh.doc, "text"), "small");
-    append(&fresh, " more").await;
+    fresh.append_and_wait_echo(" more").await;
     watcher
         .wait_until(|_, doc| text(doc, "text") == "small more")
         .await;
     assert_eq!(
-        metric(&server, "ycord_limit_hits_total{reason=\"document_size\"}"),
+        server.metric("ycord_limit_hits_total{reason=\"document_size\"}"),
         1.0
     );
 }
@@ -142,17 +115,17 @@ async fn max_connections_refuses_the_next_upgrade_with_503() {
     assert_eq!(try_upgrade(&server.room_url("a")).await, Err(503));
     assert_eq!(try_upgrade(&server.room_url("c")).await, Err(503));
     assert_eq!(
-        metric(&server, "ycord_limit_hits_total{reason=\"connections\"}"),
+        server.metric("ycord_limit_hits_total{reason=\"connections\"}"),
         2.0
     );
     // A refused upgrade loads nothing.
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 2.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 2.0);
 
     // The open connections work; once one leaves, a new one is accepted.
-    append(&a, "still fine").await;
+    a.append_and_wait_echo("still fine").await;
     b.close().await;
     wait_for("b's connection to be released", || {
-        metric(&server, "ycord_connections_open") == 1.0
+        server.metric("ycord_connections_open") == 1.0
     })
     .await;
     let again = Client::connect(&server, "a").await;
@@ -166,29 +139,26 @@ async fn max_connections_per_room_refuses_that_room_only() {
     let second = Client::connect(&server, "full").await;
     assert_eq!(try_upgrade(&server.room_url("full")).await, Err(503));
     assert_eq!(
-        metric(
-            &server,
-            "ycord_limit_hits_total{reason=\"connections_per_room\"}"
-        ),
+        server.metric("ycord_limit_hits_total{reason=\"connections_per_room\"}"),
         1.0
     );
 
     // Other rooms are fine.
     let elsewhere = Client::connect(&server, "other").await;
     let elsewhere_peer = Client::connect(&server, "other").await;
-    append(&elsewhere, "other room").await;
+    elsewhere.append_and_wait_echo("other room").await;
     elsewhere_peer
         .wait_until(|_, doc| text(doc, "text") == "other room")
         .await;
 
     // The full room still syncs its members, and takes a new one when one leaves.
-    append(&first, "full room").await;
+    first.append_and_wait_echo("full room").await;
     second
         .wait_until(|_, doc| text(doc, "text") == "full room")
         .await;
     second.close().await;
     wait_for("a slot in the full room", || {
-        metric(&server, "ycord_connections_open") == 3.0
+        server.metric("ycord_connections_open") == 3.0
     })
     .await;
     let third = Client::connect(&server, "full").await;
@@ -204,42 +174,42 @@ async fn max_rooms_evicts_an_idle_room_first_then_refuses_with_503() {
     })
     .await;
     let a = Client::connect(&server, "a").await;
-    append(&a, "kept in a").await;
+    a.append_and_wait_echo("kept in a").await;
     a.close().await;
     let b = Client::connect(&server, "b").await;
-    append(&b, "b busy").await;
+    b.append_and_wait_echo("b busy").await;
     wait_for("room a to be idle", || {
-        metric(&server, "ycord_connections_open") == 1.0
+        server.metric("ycord_connections_open") == 1.0
     })
     .await;
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 2.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 2.0);
 
     // a is idle, b busy: joining c evicts a.
     let c = Client::connect(&server, "c").await;
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 2.0);
-    assert_eq!(metric(&server, "ycord_room_evictions_total"), 1.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 2.0);
+    assert_eq!(server.metric("ycord_room_evictions_total"), 1.0);
 
     // b and c busy: a new room is refused, and so is the evicted a.
     assert_eq!(try_upgrade(&server.room_url("d")).await, Err(503));
     assert_eq!(try_upgrade(&server.room_url("a")).await, Err(503));
     assert_eq!(
-        metric(&server, "ycord_limit_hits_total{reason=\"rooms\"}"),
+        server.metric("ycord_limit_hits_total{reason=\"rooms\"}"),
         2.0
     );
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 2.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 2.0);
 
     // The busy rooms are intact; once c is idle, a comes back from disk with its text.
-    append(&b, " still").await;
+    b.append_and_wait_echo(" still").await;
     let b_peer = Client::connect(&server, "b").await;
     assert_eq!(text(&b_peer.doc, "text"), "b busy still");
     c.close().await;
     wait_for("room c to be idle", || {
-        metric(&server, "ycord_connections_open") == 2.0
+        server.metric("ycord_connections_open") == 2.0
     })
     .await;
     let a_again = Client::connect(&server, "a").await;
     assert_eq!(text(&a_again.doc, "text"), "kept in a");
-    assert_eq!(metric(&server, "ycord_room_evictions_total"), 2.0);
+    assert_eq!(server.metric("ycord_room_evictions_total"), 2.0);
 }
 
 #[tokio::test]
@@ -264,7 +234,7 @@ async fn a_connection_over_max_updates_per_sec_is_closed_with_1008() {
     assert_eq!(code, 1008, "reason: {reason}");
     assert!(reason.contains("rate"), "reason: {reason}");
     assert_eq!(
-        metric(&server, "ycord_limit_hits_total{reason=\"update_rate\"}"),
+        server.metric("ycord_limit_hits_total{reason=\"update_rate\"}"),
         1.0
     );
 
@@ -277,7 +247,7 @@ async fn a_connection_over_max_updates_per_sec_is_closed_with_1008() {
         "applied {applied:?} of {sent:?}"
     );
     assert!(!watcher.seen.lock().unwrap().ended);
-    append(&fresh, "!").await;
+    fresh.append_and_wait_echo("!").await;
     let expected = format!("{applied}!");
     watcher
         .wait_until(|_, doc| text(doc, "text") == expected)
@@ -306,15 +276,12 @@ async fn connection_attempts_over_the_per_ip_rate_get_429() {
     let refused = statuses.iter().filter(|status| status.is_err()).count();
     assert!(refused >= 10, "{statuses:?}");
     assert_eq!(
-        metric(
-            &server,
-            "ycord_limit_hits_total{reason=\"connects_per_ip\"}"
-        ),
+        server.metric("ycord_limit_hits_total{reason=\"connects_per_ip\"}"),
         refused as f64
     );
 
     // The connection accepted before the flood still works.
-    append(&kept, "unharmed").await;
+    kept.append_and_wait_echo("unharmed").await;
 }
 
 #[tokio::test]
@@ -326,17 +293,14 @@ async fn a_client_that_sends_nothing_is_closed_with_1008() {
     assert_eq!(code, 1008, "reason: {reason}");
     assert!(reason.contains("no message"), "reason: {reason}");
     assert_eq!(
-        metric(
-            &server,
-            "ycord_limit_hits_total{reason=\"first_message_timeout\"}"
-        ),
+        server.metric("ycord_limit_hits_total{reason=\"first_message_timeout\"}"),
         1.0
     );
     // The client that spoke first is not affected, even well after the deadline.
-    append(&talker, "talking").await;
+    talker.append_and_wait_echo("talking").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!talker.seen.lock().unwrap().ended);
-    append(&talker, " still").await;
+    talker.append_and_wait_echo(" still").await;
     let fresh = Client::connect(&server, "doc").await;
     assert_eq!(text(&fresh.doc, "text"), "talking still");
 }
@@ -388,10 +352,10 @@ async fn a_flood_of_unauthenticated_attempts_leaves_memory_bounded() {
         "RSS grew by {} MiB ({before} -> {after})",
         growth / (1024 * 1024)
     );
-    assert_eq!(metric(&server, "ycord_rooms_loaded"), 0.0);
-    assert_eq!(metric(&server, "ycord_connections_total"), 0.0);
+    assert_eq!(server.metric("ycord_rooms_loaded"), 0.0);
+    assert_eq!(server.metric("ycord_connections_total"), 0.0);
     assert_eq!(
-        metric(&server, "ycord_auth_failures_total{reason=\"missing\"}"),
+        server.metric("ycord_auth_failures_total{reason=\"missing\"}"),
         2200.0
     );
 }

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::{TestServer, WAIT};
-use futures_util::{SinkExt, StreamExt};
+use common::TestServer;
+use futures_util::SinkExt;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use ycord::protocol;
@@ -101,29 +101,13 @@ async fn stalled_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_closed_after_about_the_byte_bound_and_memory_stays_bounded() {
     let server = TestServer::start().await;
-    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let http = common::http();
 
     // Twice the bound reaches a client that does not read; it then reads (before the server's
     // send timeout gives up on it) what was queued or buffered for it, and the close.
     let mut stalled = stalled_client(&server, "closed").await;
     post_updates(&http, &server, "closed", CLOSE_UPDATES).await;
-    let drained = tokio::time::timeout(WAIT, async {
-        let mut bytes = 0usize;
-        let mut close = None;
-        while let Some(message) = stalled.next().await {
-            match message {
-                Ok(Message::Binary(frame)) => bytes += frame.len(),
-                Ok(Message::Close(frame)) => {
-                    close = frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()))
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        (bytes, close)
-    })
-    .await;
-    let (bytes, close) = drained.expect("the stalled client's connection must end");
+    let (_, bytes, close) = common::read_to_end(&mut stalled).await;
     let (code, reason) = close.expect("a close frame");
     assert_eq!(code, 1013, "reason: {reason}");
     assert!(

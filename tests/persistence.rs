@@ -2,16 +2,40 @@
 //! idle unload and reload, and compaction of the update log.
 
 mod common;
+mod ycord_bin;
 
 use std::time::Duration;
 
-use common::{Client, DetachedServer, TestServer, connect_url, open_store, stored_text, text};
+use common::{Client, TestServer, WAIT, get_json, open_store, stored_text, text};
 use ycord::store::DocStore;
-use yrs::Map;
+use ycord_bin::Ycord;
+use yrs::{Doc, Map};
 
-/// Long enough for the sweeper (every second) to unload a room idle for `room_idle_secs = 1`.
-/// The server offers no way to observe the unload, so this is a bounded wait, not a condition.
-const UNLOAD_WAIT: Duration = Duration::from_secs(3);
+/// Waits until the server's room list no longer shows `room` as loaded (the sweeper unloads
+/// an idle room within a second or two); fails after [`WAIT`].
+async fn wait_unloaded(server: &TestServer, room: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, list) = get_json(&server.http_url("/api/rooms")).await;
+        assert!(status.is_success(), "{status}: {list}");
+        let loaded = list["loaded"].as_array().expect("a loaded list");
+        if !loaded.iter().any(|entry| entry["room"] == room) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room:?} is still loaded: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The room's entry in the HTTP API: what is loaded and what is stored.
+async fn room_info(server: &TestServer, room: &str) -> serde_json::Value {
+    let (status, info) = get_json(&server.http_url(&format!("/api/rooms/{room}"))).await;
+    assert!(status.is_success(), "{status}: {info}");
+    info
+}
 
 /// Makes `count` edits of the text `text` (one update each) and a map entry per edit; returns
 /// the expected text.
@@ -70,7 +94,7 @@ async fn an_idle_room_is_unloaded_and_reloaded_intact() {
     observer.wait_text("text", &expected).await;
     writer.close().await;
     observer.close().await;
-    tokio::time::sleep(UNLOAD_WAIT).await;
+    wait_unloaded(&server, "doc").await;
 
     // Reloaded from disk.
     let back = Client::connect(&server, "doc").await;
@@ -82,7 +106,7 @@ async fn an_idle_room_is_unloaded_and_reloaded_intact() {
     second.wait_text("text", &expected).await;
     back.close().await;
     second.close().await;
-    tokio::time::sleep(UNLOAD_WAIT).await;
+    wait_unloaded(&server, "doc").await;
 
     let again = Client::connect(&server, "doc").await;
     assert_eq!(text(&again.doc, "text"), expected);
@@ -98,7 +122,7 @@ async fn edits_survive_an_idle_unload_followed_by_a_restart() {
     observer.wait_text("text", &expected).await;
     writer.close().await;
     observer.close().await;
-    tokio::time::sleep(UNLOAD_WAIT).await;
+    wait_unloaded(&server, "doc").await;
 
     server.restart().await;
     let fresh = Client::connect(&server, "doc").await;
@@ -118,6 +142,14 @@ async fn with_compaction_every_ten_updates_fifty_edits_survive_a_restart() {
         .wait_for("the map", |client| map_len(client) == 25)
         .await;
 
+    // Compacted while the server runs, not only when it stops.
+    let info = room_info(&server, "doc").await;
+    assert!(
+        info["snapshot_bytes"].as_u64() > Some(0),
+        "never compacted: {info}"
+    );
+    assert!(info["log_entries"].as_u64() < Some(50), "{info}");
+
     server.restart().await;
     let fresh = Client::connect(&server, "doc").await;
     assert_eq!(text(&fresh.doc, "text"), expected);
@@ -135,32 +167,33 @@ async fn with_compaction_every_ten_updates_fifty_edits_survive_a_restart() {
     assert!(stats.log_entries < 50, "{stats:?}");
 }
 
-/// The log must be compacted while the server runs, not only at shutdown: abandon the server
-/// (no graceful shutdown, hence no compaction at shutdown) and look at what is stored.
+/// What compaction wrote survives a crash: `kill -9` the real binary (no shutdown, no flush,
+/// nothing sled does on drop) after the flush window and look at what is stored, then restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_is_compacted_while_the_server_runs() {
-    let server = DetachedServer::start_with(|config| config.compact_log_updates = 10).await;
-    let url = server.room_url("doc");
-    let writer = connect_url(&url).await;
-    let observer = connect_url(&url).await;
+async fn a_compacted_log_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--compact-log-updates", "10", "--flush-ms", "50"];
+    let mut server = Ycord::start(&data, &flags).await;
+    let writer = Client::connect_with_doc(&server.url("doc"), Doc::new()).await;
+    let observer = Client::connect_with_doc(&server.url("doc"), Doc::new()).await;
     // 50 updates: five compactions' worth.
     let expected = make_edits(&writer, 25, "c").await;
     observer.wait_text("text", &expected).await;
-    // Then a tail that stays in the log, to be replayed on top of the snapshot. (Compaction
-    // cannot be observed from outside; the pause only makes it likely that the last one has
-    // finished, so that the tail comes after it. The test passes or fails on a correct server
-    // regardless of it.)
+    // Then a tail that stays in the log, to be replayed on top of the snapshot. (The pause only
+    // makes it likely that the last compaction has finished, so that the tail comes after it;
+    // the test passes or fails on a correct server regardless of it.)
     tokio::time::sleep(Duration::from_millis(300)).await;
     let expected = make_edits(&writer, 1, "tail").await;
     observer.wait_text("text", &expected).await;
     observer
         .wait_for("the map", |client| map_len(client) == 26)
         .await;
-    // Durable after the flush window, which an abandoned server does not get to close.
-    tokio::time::sleep(Duration::from_millis(server.config.flush_ms * 3)).await;
-    let (dir, config) = server.abandon().await;
+    // Ten times the flush window, then the crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.crash().await;
 
-    let store = open_store(&config.data_dir).await;
+    let store = open_store(&data).await;
     let stats = store.stats("doc").unwrap();
     assert!(stats.snapshot_bytes > 0, "never compacted: {stats:?}");
     assert!(
@@ -171,8 +204,13 @@ async fn the_log_is_compacted_while_the_server_runs() {
     assert_eq!(stored_text(&store, "doc", "text"), expected);
     drop(store);
 
-    let server = TestServer::start_in(dir, config).await;
-    let fresh = Client::connect(&server, "doc").await;
-    assert_eq!(text(&fresh.doc, "text"), expected);
+    let server = Ycord::start(&data, &flags).await;
+    let fresh = Client::connect_with_doc(&server.url("doc"), Doc::new()).await;
+    assert_eq!(
+        text(&fresh.doc, "text"),
+        expected,
+        "output:\n{}",
+        server.output()
+    );
     assert_eq!(map_len(&fresh), 26);
 }

@@ -411,17 +411,10 @@ impl Drop for Tmpfs {
 
 /// `GET http://addr/readyz`'s status.
 async fn readyz(addr: std::net::SocketAddr) -> u16 {
-    // reqwest is built without a default TLS provider; plain HTTP still needs one installed.
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let response = reqwest::Client::builder()
-        .timeout(common::WAIT)
-        .build()
-        .unwrap()
-        .get(format!("http://{addr}/readyz"))
-        .send()
+    common::get(&format!("http://{addr}/readyz"))
         .await
-        .unwrap();
-    response.status().as_u16()
+        .0
+        .as_u16()
 }
 
 /// Letters that lz4 cannot shrink much, as typed text: `len` of them from `seed`.

@@ -2,10 +2,12 @@
 //! disk (after a graceful restart and straight from the store's log), and a hundred rooms at once.
 
 mod common;
+mod ycord_bin;
 
-use common::{Client, DetachedServer, TestServer, connect_url, open_store, stored_text, text};
+use common::{Client, TestServer, connect_url, open_store, stored_text, text};
 use futures_util::future::join_all;
 use ycord::store::DocStore;
+use ycord_bin::Ycord;
 
 /// Names that share prefixes, in memory and in the store's keys.
 const NAMES: [&str; 5] = ["a", "ab", "a/b", "file:1", "file:10"];
@@ -105,16 +107,19 @@ async fn rooms_stay_apart_on_disk_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_stay_apart_in_the_update_log_without_a_graceful_shutdown() {
-    // No compaction at all: everything stays in the per-room update log.
-    let server = DetachedServer::start_with(|_| {}).await;
-    let pairs = fill_rooms(|name| server.room_url(name)).await;
-    // Durable after the flush window, which an abandoned server does not get to close.
-    tokio::time::sleep(std::time::Duration::from_millis(server.config.flush_ms * 3)).await;
-    let (dir, config) = server.abandon().await;
+async fn rooms_stay_apart_in_the_update_log_after_a_crash() {
+    // No compaction at all (no graceful shutdown to compact): everything stays in the per-room
+    // update log, which the crashed process flushed within its flush window.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--flush-ms", "50"];
+    let mut server = Ycord::start(&data, &flags).await;
+    let pairs = fill_rooms(|name| server.url(name)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server.crash().await;
     drop(pairs);
 
-    let store = open_store(&config.data_dir).await;
+    let store = open_store(&data).await;
     for name in NAMES {
         let stats = store.stats(name).unwrap();
         assert_eq!(stats.snapshot_bytes, 0, "{name:?} was never compacted");
@@ -123,8 +128,8 @@ async fn rooms_stay_apart_in_the_update_log_without_a_graceful_shutdown() {
     }
     drop(store);
 
-    let server = TestServer::start_in(dir, config).await;
-    assert_each_room_holds_only_its_own(|name| server.room_url(name)).await;
+    let server = Ycord::start(&data, &flags).await;
+    assert_each_room_holds_only_its_own(|name| server.url(name)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, TestServer, WAIT, text};
+use common::{Client, TestServer, WAIT, get, text};
 use reqwest::StatusCode;
 use ycord::ServeConfig;
 use ycord::store::{DocStore, FailingStore, SledStore};
@@ -31,19 +31,6 @@ async fn failing_server(adjust: impl FnOnce(&mut ServeConfig)) -> (TestServer, A
 
 fn http_base(server: &TestServer) -> String {
     format!("http://{}", server.server().local_addr())
-}
-
-async fn get(url: &str) -> (StatusCode, String) {
-    let response = reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.text().await.unwrap())
 }
 
 async fn readyz(server: &TestServer) -> StatusCode {

@@ -17,7 +17,6 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use yrs::Text;
 
 const HOOK_SECRET: &str = "webhook-secret";
 
@@ -198,20 +197,6 @@ fn assert_signed(hook: &Hook) {
     );
 }
 
-async fn append(client: &Client, content: &str) {
-    let before = client.seen.lock().unwrap().frames.len();
-    let text_ref = client.doc.get_or_insert_text("text");
-    client
-        .edit(|txn| {
-            let len = text_ref.len(txn);
-            text_ref.insert(txn, len, content)
-        })
-        .await;
-    client
-        .wait_until(|seen, _| seen.frames[before..].iter().any(|f| f.starts_with(&[0, 2])))
-        .await;
-}
-
 #[tokio::test]
 async fn a_rooms_load_debounced_changes_and_unload_are_posted_signed() {
     let receiver = Receiver::start(0).await;
@@ -229,7 +214,7 @@ async fn a_rooms_load_debounced_changes_and_unload_are_posted_signed() {
 
     // A burst of edits, each well within the 2 s quiet period of the one before.
     for index in 0..20 {
-        append(&client, &index.to_string()).await;
+        client.append_and_wait_echo(&index.to_string()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let last_edit = Instant::now();
@@ -282,7 +267,7 @@ async fn continuous_editing_is_reported_within_the_maximum_delay() {
             "no change event after {edits} edits over {:?}",
             started.elapsed()
         );
-        append(&client, "x").await;
+        client.append_and_wait_echo("x").await;
         edits += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

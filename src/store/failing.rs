@@ -1,6 +1,8 @@
-//! A store that fails on demand: a [`DocStore`] wrapper whose appends, compactions and flushes
-//! can be switched to fail, to test how rooms and the server handle a store that refuses
-//! writes (a full disk) and recovers. Used by the unit tests and `tests/store_failures.rs`.
+//! A store that fails or waits on demand: a [`DocStore`] wrapper whose appends, compactions
+//! and flushes can be switched to fail, and which runs a hook before every operation (to hold
+//! a write on its way, slow loads down, count them) and can rewrite what loads return. It tests
+//! how rooms and the server handle a store that refuses writes (a full disk) and recovers, and
+//! is the one wrapper the unit tests, `tests/store_failures.rs` and the benches share.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,9 +12,26 @@ use bytes::Bytes;
 use super::{DocStore, RoomStats, StoredDoc};
 use crate::error::StoreError;
 
+/// The calls a [`FailingStore`] hook sees, before they reach the inner store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreCall {
+    Load,
+    Append,
+    Compact,
+    Delete,
+    Flush,
+}
+
+type Hook = Box<dyn Fn(StoreCall, &str) + Send + Sync>;
+type LoadMap = Box<dyn Fn(&str, StoredDoc) -> StoredDoc + Send + Sync>;
+
 /// Wraps a store; every operation passes through unless its switch is on.
 pub struct FailingStore {
     inner: Arc<dyn DocStore>,
+    /// Runs before every [`StoreCall`] (with the room's name; empty for a flush).
+    before: Option<Hook>,
+    /// Rewrites what a load returns.
+    map_loads: Option<LoadMap>,
     append: AtomicBool,
     compact: AtomicBool,
     flush: AtomicBool,
@@ -30,10 +49,34 @@ impl FailingStore {
     pub fn new(inner: Arc<dyn DocStore>) -> FailingStore {
         FailingStore {
             inner,
+            before: None,
+            map_loads: None,
             append: AtomicBool::new(false),
             compact: AtomicBool::new(false),
             flush: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `hook` before every [`StoreCall`] reaches the inner store (it may block, sleep or
+    /// count), with the room's name (empty for a flush).
+    pub fn before(mut self, hook: impl Fn(StoreCall, &str) + Send + Sync + 'static) -> Self {
+        self.before = Some(Box::new(hook));
+        self
+    }
+
+    /// Passes what every load returns through `map`.
+    pub fn map_loads(
+        mut self,
+        map: impl Fn(&str, StoredDoc) -> StoredDoc + Send + Sync + 'static,
+    ) -> Self {
+        self.map_loads = Some(Box::new(map));
+        self
+    }
+
+    fn run_hook(&self, op: StoreCall, room: &str) {
+        if let Some(hook) = &self.before {
+            hook(op, room);
         }
     }
 
@@ -75,10 +118,16 @@ impl FailingStore {
 
 impl DocStore for FailingStore {
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        self.inner.load(room)
+        self.run_hook(StoreCall::Load, room);
+        let stored = self.inner.load(room)?;
+        Ok(match &self.map_loads {
+            Some(map) => map(room, stored),
+            None => stored,
+        })
     }
 
     fn append(&self, room: &str, seq: u64, updates: &[Bytes]) -> Result<(), StoreError> {
+        self.run_hook(StoreCall::Append, room);
         self.check(&self.append, "append")?;
         self.inner.append(room, seq, updates)
     }
@@ -90,12 +139,14 @@ impl DocStore for FailingStore {
         through_seq: u64,
         last_change_ms: u64,
     ) -> Result<(), StoreError> {
+        self.run_hook(StoreCall::Compact, room);
         self.check(&self.compact, "compact")?;
         self.inner
             .compact(room, snapshot, through_seq, last_change_ms)
     }
 
     fn delete(&self, room: &str) -> Result<(), StoreError> {
+        self.run_hook(StoreCall::Delete, room);
         self.inner.delete(room)
     }
 
@@ -112,6 +163,7 @@ impl DocStore for FailingStore {
     }
 
     fn flush(&self) -> Result<usize, StoreError> {
+        self.run_hook(StoreCall::Flush, "");
         self.check(&self.flush, "flush")?;
         self.inner.flush()
     }

@@ -12,7 +12,7 @@ mod failing;
 pub mod health;
 mod sled_store;
 
-pub use failing::FailingStore;
+pub use failing::{FailingStore, StoreCall};
 pub use health::{StoreHealth, StoreOp};
 pub use sled_store::{SledStore, encode_log_entry};
 

@@ -519,61 +519,94 @@ pub async fn open_store(data_dir: &std::path::Path) -> ycord::store::SledStore {
     }
 }
 
-/// A server on a tokio runtime of its own, so that it can be abandoned: dropping that runtime
-/// drops every task of the server without the graceful shutdown (no close frames, no compaction
-/// or flush at shutdown). sled still flushes its buffers when its last handle is dropped, as in a
-/// process that exits without shutting the server down.
-pub struct DetachedServer {
-    runtime: Option<tokio::runtime::Runtime>,
-    server: Option<Server>,
-    pub config: ServeConfig,
-    pub dir: Arc<tempfile::TempDir>,
+/// An HTTP client for the tests' calls, each bounded by [`WAIT`].
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a default TLS provider; even plain HTTP needs one installed.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
 }
 
-impl DetachedServer {
-    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> DetachedServer {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let mut config = ServeConfig::for_tests(dir.path().join("data"));
-        adjust(&mut config);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let server = runtime
-            .spawn(Server::start(config.clone()))
-            .await
-            .expect("start task")
-            .expect("server starts");
-        DetachedServer {
-            runtime: Some(runtime),
-            server: Some(server),
-            config,
-            dir,
-        }
-    }
+/// Sends `request`; its status and body.
+pub async fn call(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
 
-    pub fn room_url(&self, room: &str) -> String {
-        let addr = self.server.as_ref().expect("running").local_addr();
-        format!("ws://{addr}/{room}")
-    }
+/// Sends `request`; its status and body, which must be JSON.
+pub async fn call_json(
+    request: reqwest::RequestBuilder,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let (status, body) = call(request).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    (status, json)
+}
 
-    /// Drops the server's runtime (and with it every task) without a graceful shutdown.
-    /// Returns the data directory's owner and the configuration, to start again on them.
-    pub async fn abandon(mut self) -> (Arc<tempfile::TempDir>, ServeConfig) {
-        drop(self.server.take());
-        let runtime = self.runtime.take().expect("running");
-        tokio::task::spawn_blocking(move || drop(runtime))
-            .await
-            .expect("runtime dropped");
-        (self.dir.clone(), self.config.clone())
+/// `GET url`: its status and body.
+pub async fn get(url: &str) -> (reqwest::StatusCode, String) {
+    call(http().get(url)).await
+}
+
+/// `GET url`: its status and JSON body.
+pub async fn get_json(url: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    call_json(http().get(url)).await
+}
+
+impl TestServer {
+    /// `http://ADDR<path>` (path with its leading slash).
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
     }
 }
 
-impl Drop for DetachedServer {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+/// Reads a raw WebSocket to its end, for at most [`WAIT`]: the binary frames and bytes that
+/// came, and the close frame's code and reason (none if it ended without one, or not in time).
+pub async fn read_to_end<S>(mut socket: S) -> (usize, usize, Option<(u16, String)>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let (mut frames, mut bytes, mut close) = (0, 0, None);
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Binary(frame) => {
+                    frames += 1;
+                    bytes += frame.len();
+                }
+                Message::Close(frame) => {
+                    close = frame.map(|frame| (u16::from(frame.code), frame.reason.to_string()))
+                }
+                _ => {}
+            }
         }
+    })
+    .await;
+    (frames, bytes, close)
+}
+
+/// The value of the metric line `name` (with its labels, if any) in Prometheus text.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(|value| value.trim().parse::<f64>().unwrap())
+    })
+}
+
+impl TestServer {
+    /// The value of the metric line `name` (with its labels, if any) in the server's metrics;
+    /// 0 for a metric not rendered yet.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_in(&self.server().metrics().render(), name).unwrap_or(0.0)
+    }
+}
+
+impl Client {
+    /// Appends `content` to the text `text` and waits for the server's echo of the update.
+    pub async fn append_and_wait_echo(&self, content: &str) {
+        let before = self.frame_count();
+        self.append_text("text", content).await;
+        self.wait_until(|seen, _| seen.frames[before..].iter().any(|f| f.starts_with(&[0, 2])))
+            .await;
     }
 }

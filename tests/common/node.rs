@@ -87,3 +87,96 @@ pub async fn run_node(script: &str, args: &[&str]) {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+/// A scenario script driven line by line (tests/interop/*.mjs that print `READY`, wait for a
+/// command on stdin, print `DONE`): every step is bounded by [`SCRIPT_TIMEOUT`], and a failed
+/// step kills the script and panics with what it printed on stderr.
+pub struct NodeScript {
+    script: String,
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: Option<tokio::task::JoinHandle<String>>,
+}
+
+impl NodeScript {
+    /// Starts `node <script> <args>` in tests/interop.
+    pub fn spawn(script: &str, args: &[&str]) -> NodeScript {
+        use tokio::io::AsyncBufReadExt;
+        ensure_node_deps();
+        let mut child = tokio::process::Command::new("node")
+            .arg(interop_dir().join(script))
+            .args(args)
+            .current_dir(interop_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take();
+        let stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stderr = child.stderr.take().expect("piped");
+        let stderr = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut all = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        NodeScript {
+            script: script.to_owned(),
+            child,
+            stdin,
+            stdout,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits for the script's next line on stdout, which must be `expected`.
+    pub async fn expect_line(&mut self, expected: &str) {
+        let line = tokio::time::timeout(SCRIPT_TIMEOUT, self.stdout.next_line()).await;
+        match line {
+            Ok(Ok(Some(line))) if line == expected => {}
+            other => {
+                self.fail(&format!("expected {expected}, got {other:?}"))
+                    .await
+            }
+        }
+    }
+
+    /// Writes `line` to the script's stdin.
+    pub async fn send_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Waits for the script to exit, which it must do successfully.
+    pub async fn finish(mut self) {
+        drop(self.stdin.take());
+        match tokio::time::timeout(SCRIPT_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            other => self.fail(&format!("node exited with {other:?}")).await,
+        }
+    }
+
+    /// Kills the script and fails the test with `error` and the script's stderr.
+    pub async fn fail(&mut self, error: &str) -> ! {
+        let _ = self.child.start_kill();
+        let stderr = match self.stderr.take() {
+            Some(reader) => tokio::time::timeout(Duration::from_secs(2), reader)
+                .await
+                .map(|joined| joined.unwrap_or_default())
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        panic!("{}: {error}; its stderr:\n{stderr}", self.script);
+    }
+}

@@ -169,6 +169,15 @@ impl Ycord {
         }
     }
 
+    /// Crashes the child (`kill -9`: no shutdown, no flush, nothing sled would do on drop) and
+    /// waits for it to be gone.
+    pub async fn crash(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        self.signal("KILL");
+        let status = self.wait_exit(EXIT_WAIT).await;
+        assert_eq!(status.signal(), Some(9), "ycord was not killed: {status}");
+    }
+
     /// Whether the child has exited already.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
