@@ -4,8 +4,8 @@
 //! A single task owns the socket and selects over: inbound frames, the room's update queue, the
 //! room's awareness queue, the ping timer, one deadline timer (the first message's, then the
 //! token's expiry) and the shutdown token. Every send is bounded in time, so a peer that stops
-//! reading cannot hold the task forever; meanwhile its update queue fills and the room drops it
-//! (close 1013).
+//! reading cannot hold the task forever: it is closed with 1013 when a send times out or when
+//! its update queue fills and the room drops it, whichever comes first.
 //!
 //! Each idle connection holds this task's future, so its size matters (see *Idle memory* in
 //! `BENCHMARKS.md`): an inbound frame is handled message by message, each reply sent before
@@ -372,9 +372,15 @@ fn bounded(
             tracing::debug!(%error, "send failed");
             Err(End::Gone)
         }
+        // The peer stopped reading, or the network between us is gone. A client that is only
+        // stalled gets the reason once it reads again (the close is sent with a bound of its
+        // own) and resyncs on reconnect, like one that fell behind the room's queue.
         Err(_) => {
             tracing::info!("send timed out; peer is not reading");
-            Err(End::Gone)
+            Err(End::close(
+                close_code::TRY_AGAIN_LATER,
+                "stopped reading; reconnect to resync",
+            ))
         }
     })
 }
