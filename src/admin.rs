@@ -12,9 +12,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::config::{Command, StoreArgs};
-use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
+use crate::room::ApplyError;
 use crate::room::{Room, RoomConfig};
+use crate::store::StoreError;
 use crate::store::{DocStore, SledStore};
 
 #[derive(Debug, Error)]

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use yrs::ClientID;
 
 use crate::auth::Access;
-use crate::error::{ApplyError, StoreError};
 use crate::limit::{MessageBudgets, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
+use crate::room::ApplyError;
 use crate::room::Room;
+use crate::store::StoreError;
 
 /// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
 pub mod close_code {

@@ -15,11 +15,29 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::error::{JoinError, StoreError};
+use thiserror::Error;
+
 use crate::metrics::{Metrics, Reason};
-use crate::room::{Room, RoomConfig};
-use crate::store::{DocStore, StoreHealth, StoreOp};
+use crate::room::{ChangeObserver, Room, RoomConfig};
+use crate::store::{DocStore, StoreError, StoreHealth, StoreOp};
 use crate::webhooks::Webhooks;
+
+/// Why a connection could not join a room.
+#[derive(Debug, Error)]
+pub enum JoinError {
+    #[error("loading the room failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("too many rooms in memory and none idle")]
+    TooManyRooms,
+    #[error("the room has reached its connection limit")]
+    RoomFull,
+    /// The room was deleted (it has a tombstone); see `DocStore::delete`.
+    #[error("the room was deleted")]
+    RoomDeleted {
+        /// When, in ms since the epoch.
+        deleted_at_ms: u64,
+    },
+}
 
 enum Slot {
     /// Nobody has loaded the room yet (or loading failed).
@@ -38,7 +56,10 @@ pub struct Rooms {
     config: RoomConfig,
     limits: RoomLimits,
     metrics: Arc<Metrics>,
+    /// Told of loads and unloads.
     webhooks: Option<Webhooks>,
+    /// What every room tells of its changes (the webhooks, when configured).
+    observer: Option<Arc<dyn ChangeObserver>>,
     /// Rooms in memory (slots holding `Loaded`).
     loaded_count: std::sync::atomic::AtomicUsize,
     /// Room loads running at once (see [`max_concurrent_loads`]).
@@ -114,6 +135,9 @@ impl Rooms {
             config,
             limits,
             metrics: metrics.clone(),
+            observer: webhooks
+                .clone()
+                .map(|webhooks| Arc::new(webhooks) as Arc<dyn ChangeObserver>),
             webhooks,
             loaded_count: std::sync::atomic::AtomicUsize::new(0),
             loads: Semaphore::new(max_concurrent_loads()),
@@ -282,7 +306,7 @@ impl Rooms {
         let store = self.store.clone();
         let config = self.config.clone();
         let metrics = self.metrics.clone();
-        let webhooks = self.webhooks.clone();
+        let observer = self.observer.clone();
         let _permit = self
             .loads
             .acquire()
@@ -291,7 +315,7 @@ impl Rooms {
         let started = std::time::Instant::now();
         let health = self.health.clone();
         let room = tokio::task::spawn_blocking(move || {
-            Room::load(name, store, config, metrics, webhooks)
+            Room::load(name, store, config, metrics, observer)
                 .map(|room| room.with_store_health(health))
         })
         .await
@@ -570,7 +594,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::error::ApplyError;
+    use crate::room::ApplyError;
     use crate::store::{FailingStore, SledStore, StoreCall};
 
     fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {

@@ -219,7 +219,7 @@ impl Session {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
-                    None if subscription.signals.closed() => {
+                    None if subscription.signals.deleted() => {
                         Err(End::close(close_code::ROOM_DELETED, "room deleted"))
                     }
                     None => Err(End::close(close_code::GOING_AWAY, "room closed")),

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::StoreError;
 use super::{DocStore, RoomStats, StoredDoc};
-use crate::error::StoreError;
 
 /// The calls a [`FailingStore`] hook sees, before they reach the inner store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,38 @@ pub use sled_store::{SledStore, encode_log_entry};
 
 use bytes::Bytes;
 
-use crate::error::StoreError;
+use thiserror::Error;
+
+/// A failure of the document store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("storage task failed: {0}")]
+    Task(String),
+    /// The room has a tombstone: writes to it are refused until it is undeleted.
+    #[error("room {0:?} was deleted")]
+    RoomDeleted(String),
+    /// A write failed earlier and the store has not recovered yet: writes are refused.
+    #[error("the store refuses writes until it recovers from an earlier failure")]
+    Failing,
+    /// A write refused on purpose by [`crate::store::FailingStore`].
+    #[error("{op} refused by the failing test store")]
+    Injected { op: &'static str },
+    /// Refused before writing: too little free disk space for a large value (see
+    /// `SledStore`'s blob guard).
+    #[error("{needed} bytes of free disk space needed for a {len}-byte value, {available} free")]
+    NoSpace {
+        len: usize,
+        needed: u64,
+        available: u64,
+    },
+    /// A store operation did not finish in time (a flush wedged on a full disk).
+    #[error("{op} did not finish within {seconds} s")]
+    TimedOut { op: &'static str, seconds: u64 },
+}
 
 /// What the store holds for one room.
 #[derive(Debug, Default)]

@@ -37,8 +37,8 @@ use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 
+use super::StoreError;
 use super::{DocStore, RoomStats, StoredDoc};
-use crate::error::StoreError;
 
 const TREE: &str = "docs";
 /// Written by the readiness probe, in sled's default tree (never in `docs`).
