@@ -81,12 +81,7 @@ fn friendsforever() -> &'static [Vec<u8>] {
 
 /// Compaction never runs on its own (it would need a tokio runtime and race the timing).
 fn config() -> RoomConfig {
-    RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    }
+    RoomConfig::without_limits()
 }
 
 fn load_room(store: &Arc<SledStore>) -> Arc<Room> {
@@ -341,72 +336,51 @@ fn compaction(c: &mut Criterion) {
         // The setup below does what it claims: compaction leaves only a snapshot, and the
         // room loads back from it.
         let store = store_with_snapshot_and_tail(trace);
-        let room = Room::load(
-            ROOM.into(),
-            log_as_full_state(&store),
-            config(),
-            Arc::new(Metrics::new()),
-            None,
-        )
-        .expect("room loads");
-        room.compact().expect("compaction");
+        full_state_room(&store).compact().expect("compaction");
         let stats = store.stats(ROOM).expect("stats");
         assert_eq!(stats.log_entries, 0, "compaction left log entries");
         assert_eq!(load_room(&store).encode_state(), trace.full_state);
     }
     let mut group = quick_group(c, "compaction");
     group.sampling_mode(SamplingMode::Flat);
+    // The log in the store, and a room holding the document with a non-empty log count:
+    // loading the snapshot as its only "log" entry avoids replaying 259,778 updates per
+    // sample, while compaction still removes every real log entry.
     group.bench_function("automerge_full_log", |b| {
-        b.iter_batched(
-            || {
-                // The log in the store, and a room holding the document with a non-empty log
-                // count: loading the snapshot as its only "log" entry avoids replaying 259,778
-                // updates per sample, while compaction still removes every real log entry.
-                let store = store_with_log(&trace.updates);
-                let room = Arc::new(
-                    Room::load(
-                        ROOM.into(),
-                        log_as_full_state(&store),
-                        config(),
-                        Arc::new(Metrics::new()),
-                        None,
-                    )
-                    .expect("room loads"),
-                );
-                (room, store)
-            },
-            |(room, store)| {
-                room.compact().expect("compaction");
-                (room, store)
-            },
-            BatchSize::PerIteration,
-        )
+        compact_each(b, || store_with_log(&trace.updates))
     });
     // What ycord's default threshold (10,000 updates) compacts at the end of the trace.
     group.bench_function("automerge_log_10k", |b| {
-        b.iter_batched(
-            || {
-                let store = store_with_snapshot_and_tail(trace);
-                let room = Arc::new(
-                    Room::load(
-                        ROOM.into(),
-                        log_as_full_state(&store),
-                        config(),
-                        Arc::new(Metrics::new()),
-                        None,
-                    )
-                    .expect("room loads"),
-                );
-                (room, store)
-            },
-            |(room, store)| {
-                room.compact().expect("compaction");
-                (room, store)
-            },
-            BatchSize::PerIteration,
-        )
+        compact_each(b, || store_with_snapshot_and_tail(trace))
     });
     group.finish();
+}
+
+/// The room of `store` holding the whole automerge-paper document (see [`log_as_full_state`]).
+fn full_state_room(store: &Arc<SledStore>) -> Arc<Room> {
+    let room = Room::load(
+        ROOM.into(),
+        log_as_full_state(store),
+        config(),
+        Arc::new(Metrics::new()),
+        None,
+    );
+    Arc::new(room.expect("room loads"))
+}
+
+/// Times one compaction per sample of the full-state room over a fresh `store()`.
+fn compact_each(b: &mut criterion::Bencher<'_>, store: impl Fn() -> Arc<SledStore>) {
+    b.iter_batched(
+        || {
+            let store = store();
+            (full_state_room(&store), store)
+        },
+        |(room, store)| {
+            room.compact().expect("compaction");
+            (room, store)
+        },
+        BatchSize::PerIteration,
+    )
 }
 
 /// A store that keeps nothing: isolates the room's own cost from sled's.

@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
 
@@ -159,12 +158,7 @@ fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> 
         });
     }
     // No compaction is triggered by thresholds here: the commands compact explicitly.
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     let room = Room::load(
         Arc::from(room),
         store.clone(),

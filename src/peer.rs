@@ -380,17 +380,11 @@ mod tests {
     use super::*;
     use crate::room::RoomConfig;
     use crate::store::SledStore;
-    use std::time::Duration;
     use yrs::updates::encoder::Encode;
     use yrs::{Doc, StateVector, Text, Transact};
 
     fn peer() -> Peer {
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
+        let config = RoomConfig::without_limits();
         let store = Arc::new(SledStore::temporary().unwrap());
         let metrics = Arc::new(Metrics::new());
         let room = Room::load("room".into(), store, config, metrics.clone(), None).unwrap();

@@ -598,12 +598,7 @@ mod tests {
     use crate::store::{FailingStore, SledStore, StoreCall};
 
     fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
+        let config = RoomConfig::without_limits();
         let limits = RoomLimits {
             max_rooms: 1000,
             max_connections_per_room: 10,
@@ -791,23 +786,7 @@ mod tests {
                 counting.fetch_sub(1, Ordering::SeqCst);
             }
         }));
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
-        let limits = RoomLimits {
-            max_rooms: 1000,
-            max_connections_per_room: 10,
-        };
-        let rooms = Arc::new(Rooms::new(
-            store.clone(),
-            config,
-            limits,
-            Arc::new(Metrics::new()),
-            None,
-        ));
+        let rooms = Arc::new(rooms_on(store.clone()));
         let joins: Vec<_> = (0..40)
             .map(|index| {
                 let rooms = rooms.clone();

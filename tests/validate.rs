@@ -308,12 +308,7 @@ fn peak_rss_kib() -> u64 {
 /// resident memory grew.
 fn run_bomb_child(name: &str) {
     let store: Arc<dyn DocStore> = Arc::new(SledStore::temporary().unwrap());
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     let room =
         Arc::new(Room::load("bomb".into(), store, config, Arc::new(Metrics::new()), None).unwrap());
     let before = peak_rss_kib();

@@ -109,6 +109,19 @@ pub struct RoomConfig {
     pub awareness_timeout: Duration,
 }
 
+impl RoomConfig {
+    /// No thresholds and no size limit: for the admin commands, which compact explicitly, and
+    /// for tests and benches that drive a room by hand.
+    pub fn without_limits() -> RoomConfig {
+        RoomConfig {
+            compact_log_updates: u64::MAX,
+            compact_log_bytes: u64::MAX,
+            max_doc_bytes: u64::MAX,
+            awareness_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What a joining member is sent first: the server's SyncStep1 and, when anyone is present, the
 /// awareness states. Separate frames (clients read one message per frame).
 #[derive(Debug)]

@@ -33,12 +33,7 @@ fn room() -> Arc<Room> {
 }
 
 fn room_on(store: Arc<dyn DocStore>) -> Arc<Room> {
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     Arc::new(Room::load("room".into(), store, config, Arc::new(Metrics::new()), None).unwrap())
 }
 
@@ -520,12 +515,7 @@ fn failing_room() -> (Arc<crate::store::FailingStore>, Arc<StoreHealth>, Arc<Roo
         SledStore::temporary().unwrap(),
     )));
     let health = Arc::new(StoreHealth::new(Arc::new(Metrics::new())));
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     let room = Room::load(
         "room".into(),
         store.clone(),
