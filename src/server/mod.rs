@@ -6,8 +6,8 @@
 //!
 //! The submodules are where typed errors become HTTP statuses and close codes:
 //!
-//! - [`admission`]: the WebSocket route, every check before a session in order, and the hand
-//!   over to [`session`], which runs the connection;
+//! - `admission`: the WebSocket route, every check before a session in order, and the hand
+//!   over to `session`, which runs the connection;
 //! - `probes` (health, readiness, metrics) and `api` (the HTTP API): the other routes;
 //! - `request`: what every route reads from a request and how it refuses one;
 //! - `shared`: the state every request and session reads;
