@@ -86,8 +86,8 @@ impl From<Refusal> for End {
 ///
 /// Not an `async fn`: the session is built here and moved into the returned future once, and
 /// the lease and settings are borrowed from the task that owns them. An `async fn` keeps its
-/// arguments in its future beside the locals they are moved into, which made every idle
-/// connection's task hold the socket three times (see *Idle memory* in `BENCHMARKS.md`).
+/// arguments in its future beside the locals they are moved into, so every idle connection's
+/// task would hold the socket three times (see *Idle memory* in `BENCHMARKS.md`).
 pub fn run<'a>(
     socket: WebSocket,
     lease: &'a RoomLease,
