@@ -24,7 +24,7 @@ use ycord::metrics::Metrics;
 use ycord::protocol::{self, Inbound};
 use ycord::room::{Applied, Room, RoomConfig, Subscription};
 use ycord::store::{DocStore, FailingStore, RoomStats, SledStore, StoredDoc};
-use ycord::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
+use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 const ROOM: &str = "bench";
 /// Updates applied per timed batch in the room benches.

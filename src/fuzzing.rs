@@ -21,7 +21,9 @@ use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::protocol::{self, Inbound};
 use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscription};
-use crate::store::{DocStore, SledStore, encode_log_entry};
+use crate::store::{
+    DocStore, SledStore, encode_log_entry, encode_snapshot, log_key, room_prefix, snapshot_key,
+};
 
 /// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
 /// must re-encode to a frame that decodes to the same message, and every update or awareness
@@ -289,24 +291,15 @@ pub fn store_recovery(data: &[u8]) {
             u64::MAX - u64::from(0xff - seq_byte)
         };
         let (key, value) = match tag % 4 {
-            0 => (with_suffix(&prefix, &[0]), bytes.to_vec()),
-            1 => {
-                let mut value = vec![1];
-                value.extend_from_slice(&seq.to_be_bytes());
-                value.extend_from_slice(&0u64.to_be_bytes());
-                value.extend_from_slice(&lz4_flex::compress_prepend_size(body));
-                (with_suffix(&prefix, &[0]), value)
-            }
-            2 => {
-                let mut suffix = vec![1];
-                suffix.extend_from_slice(&seq.to_be_bytes());
-                (with_suffix(&prefix, &suffix), encode_log_entry(&[body]))
-            }
+            0 => (snapshot_key(TARGET_ROOM), bytes.to_vec()),
+            1 => (snapshot_key(TARGET_ROOM), encode_snapshot(seq, 0, body)),
+            2 => (log_key(TARGET_ROOM, seq), encode_log_entry(&[body])),
             _ => {
                 let (extra, value) = body.split_at(usize::from(seq_byte % 16).min(body.len()));
-                let mut suffix = vec![seq_byte];
-                suffix.extend_from_slice(extra);
-                (with_suffix(&prefix, &suffix), value.to_vec())
+                let mut key = prefix.clone();
+                key.push(seq_byte);
+                key.extend_from_slice(extra);
+                (key, value.to_vec())
             }
         };
         sled.raw_insert(&key, &value)
@@ -349,20 +342,6 @@ pub fn store_recovery(data: &[u8]) {
         stored.corrupt.is_empty(),
         "the witness room has corrupt records"
     );
-}
-
-/// `u16be(len(name)) name`, the key prefix of a room in `store/sled_store.rs`'s layout.
-fn room_prefix(room: &str) -> Vec<u8> {
-    let len = u16::try_from(room.len()).expect("a short room name");
-    let mut key = len.to_be_bytes().to_vec();
-    key.extend_from_slice(room.as_bytes());
-    key
-}
-
-fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(suffix);
-    key
 }
 
 /// A v1 update from a fresh client `client` that appends `text` to the root text `text`.

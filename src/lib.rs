@@ -15,7 +15,6 @@
 //! - [`limit`]: token buckets for update and connection rates.
 //! - [`metrics`]: the Prometheus metrics, one value per server.
 //! - [`webhooks`]: signed, debounced change notifications to a URL.
-//! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed by the tests.
 //!
 //! # The flow of one update
@@ -41,7 +40,6 @@ pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod store;
-pub mod trace;
 pub mod webhooks;
 
 pub use config::{Cli, ServeConfig};

@@ -24,7 +24,7 @@ use ycord::metrics::Metrics;
 use ycord::protocol::validate;
 use ycord::room::{Room, RoomConfig};
 use ycord::store::{DocStore, SledStore};
-use ycord::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
+use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 fn automerge_updates() -> Vec<Vec<u8>> {
     let trace = SequentialTrace::load(&traces_dir().join("automerge-paper.json.gz")).unwrap();

@@ -15,6 +15,8 @@ mod sled_store;
 pub use failing::{FailingStore, StoreCall};
 pub use health::{StoreHealth, StoreOp};
 pub use sled_store::{SledStore, encode_log_entry};
+// The key layout, for the fuzz target that plants raw records (`crate::fuzzing`).
+pub(crate) use sled_store::{encode_snapshot, log_key, room_prefix, snapshot_key};
 
 use bytes::Bytes;
 

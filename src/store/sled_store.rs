@@ -176,7 +176,8 @@ impl Handles {
     }
 }
 
-fn room_prefix(room: &str) -> Vec<u8> {
+/// `u16be(len(name)) name`: where every key of a room starts.
+pub(crate) fn room_prefix(room: &str) -> Vec<u8> {
     // Room names are at most `MAX_ROOM_NAME_BYTES` long, far below u16::MAX; a longer one is a
     // caller bug, so clamp rather than wrap.
     let len = u16::try_from(room.len()).unwrap_or(u16::MAX);
@@ -186,13 +187,15 @@ fn room_prefix(room: &str) -> Vec<u8> {
     key
 }
 
-fn snapshot_key(room: &str) -> Vec<u8> {
+/// The key of a room's snapshot.
+pub(crate) fn snapshot_key(room: &str) -> Vec<u8> {
     let mut key = room_prefix(room);
     key.push(KIND_SNAPSHOT);
     key
 }
 
-fn log_key(room: &str, seq: u64) -> Vec<u8> {
+/// The key of a room's log entry `seq`.
+pub(crate) fn log_key(room: &str, seq: u64) -> Vec<u8> {
     let mut key = room_prefix(room);
     key.push(KIND_LOG);
     key.extend_from_slice(&seq.to_be_bytes());
@@ -282,7 +285,8 @@ pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, Stor
     })
 }
 
-fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<u8> {
+/// A snapshot's value: the format byte, the header, the lz4-compressed update.
+pub(crate) fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<u8> {
     let compressed = lz4_flex::compress_prepend_size(update);
     let mut value = Vec::with_capacity(SNAPSHOT_HEADER + compressed.len());
     value.push(SNAPSHOT_FORMAT);

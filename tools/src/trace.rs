@@ -110,13 +110,14 @@ fn load_gzipped_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, T
     })
 }
 
-/// Where the traces live: `benches/data/` inside this repository, so a clone has everything its
-/// tests and benches read. `YCORD_TRACES_DIR` points elsewhere (e.g. a folder of other traces in
-/// the same format for `ycord-bench`).
+/// Where the traces live: the repository's `benches/data/`, so a clone has everything its tests
+/// and benches read. This crate sits in the repository's `tools/`, hence the parent of its
+/// manifest directory. `YCORD_TRACES_DIR` points elsewhere (e.g. a folder of other traces in the
+/// same format for `ycord-bench`).
 pub fn traces_dir() -> PathBuf {
     std::env::var_os("YCORD_TRACES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/data"))
 }
 
 /// A concurrent editing trace (`friendsforever`) as stored on disk: `{kind: "concurrent",

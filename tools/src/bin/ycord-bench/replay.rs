@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
+use ycord_tools::trace::{SequentialTrace, TEXT_NAME, traces_dir};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
 use crate::client::{ClientOptions, Connection, Disconnect, rejoin};

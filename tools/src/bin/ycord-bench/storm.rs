@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
+use ycord_tools::trace::{SequentialTrace, TEXT_NAME, traces_dir};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
 use crate::client::{Connection, Disconnect, Held, hold};
