@@ -23,7 +23,7 @@ use ycord::error::StoreError;
 use ycord::metrics::Metrics;
 use ycord::protocol::{self, Inbound};
 use ycord::room::{Applied, Room, RoomConfig, Subscription};
-use ycord::store::{DocStore, FailingStore, RoomStats, SledStore, StoredDoc};
+use ycord::store::{FailingStore, RoomStats, RoomStore, SledStore, StoredDoc};
 use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 const ROOM: &str = "bench";
@@ -85,7 +85,7 @@ fn config() -> RoomConfig {
 }
 
 fn load_room(store: &Arc<SledStore>) -> Arc<Room> {
-    let store: Arc<dyn DocStore> = store.clone();
+    let store: Arc<dyn RoomStore> = store.clone();
     Arc::new(
         Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
             .expect("room loads"),
@@ -242,7 +242,7 @@ fn room_apply(c: &mut Criterion) {
     group.bench_function("automerge_first_10k/members=0/null_store", |b| {
         b.iter_batched(
             || {
-                let store: Arc<dyn DocStore> = Arc::new(NullStore);
+                let store: Arc<dyn RoomStore> = Arc::new(NullStore);
                 Arc::new(
                     Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
                         .expect("room loads"),
@@ -386,7 +386,7 @@ fn compact_each(b: &mut criterion::Bencher<'_>, store: impl Fn() -> Arc<SledStor
 /// A store that keeps nothing: isolates the room's own cost from sled's.
 struct NullStore;
 
-impl DocStore for NullStore {
+impl RoomStore for NullStore {
     fn load(&self, _room: &str) -> Result<StoredDoc, StoreError> {
         Ok(StoredDoc::default())
     }
@@ -428,7 +428,7 @@ impl DocStore for NullStore {
 /// A store that presents the room's full state as a one-entry log whose sequence numbers
 /// match the real log underneath (`next_seq` past its end), so that `Room::compact` removes
 /// the whole real log. Everything else goes to the real store.
-fn log_as_full_state(store: &Arc<SledStore>) -> Arc<dyn DocStore> {
+fn log_as_full_state(store: &Arc<SledStore>) -> Arc<dyn RoomStore> {
     Arc::new(
         FailingStore::new(store.clone()).map_loads(|_, real| StoredDoc {
             snapshot: None,

@@ -15,14 +15,14 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, Transact, Update};
 
 use crate::auth::{Access, Authenticator};
+use crate::connection::ConnectionHandler;
 use crate::error::ApplyError;
 use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::peer::Peer;
 use crate::protocol::{self, Inbound};
 use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscription};
 use crate::store::{
-    DocStore, SledStore, encode_log_entry, encode_snapshot, log_key, room_prefix, snapshot_key,
+    RoomStore, SledStore, encode_log_entry, encode_snapshot, log_key, room_prefix, snapshot_key,
 };
 
 /// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
@@ -109,7 +109,7 @@ pub fn session_frames(data: &[u8]) {
         // Nothing expires while a case runs: expiry depends on the clock.
         awareness_timeout: Duration::from_secs(3600),
     };
-    let store: Arc<dyn DocStore> = Arc::new(temporary_store());
+    let store: Arc<dyn RoomStore> = Arc::new(temporary_store());
     let load = || {
         Arc::new(
             Room::load(
@@ -149,11 +149,11 @@ pub fn session_frames(data: &[u8]) {
         }
         let (frame, rest) = rest.split_at(usize::from(len).min(rest.len()));
         input = rest;
-        if member.peer.handle_frame(frame, drop).is_err() {
+        if member.handler.handle_frame(frame, drop).is_err() {
             member = member.rejoin(&room, access);
         }
         // A pending update is in the room's encodings but not in its log (see
-        // `check_dependencies` in `room.rs`).
+        // `check_dependencies` in `room/document.rs`).
         assert!(
             !room.has_pending_changes(),
             "the room holds a pending update"
@@ -171,7 +171,7 @@ struct Member {
     connection: ConnectionId,
     /// The server's dispatch of the connection's frames, as in a live session (with no
     /// update rate limit: a case is not timed).
-    peer: Peer,
+    handler: ConnectionHandler,
     /// Held so that the room keeps queueing frames for it, as for a live session.
     _subscription: Subscription,
 }
@@ -181,7 +181,7 @@ impl Member {
         let (subscription, _greeting) = room.subscribe(connection);
         Member {
             connection,
-            peer: Peer::new(
+            handler: ConnectionHandler::new(
                 room.clone(),
                 access,
                 &MessageBudgets::unlimited(),
@@ -192,7 +192,7 @@ impl Member {
     }
 
     fn leave(self, room: &Room) {
-        room.unsubscribe(self.connection, self.peer.controlled());
+        room.unsubscribe(self.connection, self.handler.controlled());
     }
 
     fn rejoin(self, room: &Arc<Room>, access: Access) -> Member {
@@ -252,7 +252,7 @@ const WITNESS_ROOM: &str = "witness";
 /// The loaded room must then accept an update, compact and be deleted.
 pub fn store_recovery(data: &[u8]) {
     let sled = temporary_store();
-    let store: Arc<dyn DocStore> = Arc::new(sled.clone());
+    let store: Arc<dyn RoomStore> = Arc::new(sled.clone());
     let config = RoomConfig {
         compact_log_updates: u64::MAX,
         compact_log_bytes: u64::MAX,

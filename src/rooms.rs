@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::metrics::{Metrics, Reason};
 use crate::room::{ChangeObserver, Room, RoomConfig};
-use crate::store::{DocStore, StoreError, StoreHealth, StoreOp};
+use crate::store::{RoomStore, StoreError, StoreHealth, StoreOp};
 use crate::webhooks::Webhooks;
 
 /// Why a connection could not join a room.
@@ -31,7 +31,7 @@ pub enum JoinError {
     TooManyRooms,
     #[error("the room has reached its connection limit")]
     RoomFull,
-    /// The room was deleted (it has a tombstone); see `DocStore::delete`.
+    /// The room was deleted (it has a tombstone); see `RoomStore::delete`.
     #[error("the room was deleted")]
     RoomDeleted {
         /// When, in ms since the epoch.
@@ -52,7 +52,7 @@ type SharedSlot = Arc<AsyncMutex<Slot>>;
 /// All rooms in memory.
 pub struct Rooms {
     slots: Mutex<HashMap<Arc<str>, SharedSlot>>,
-    store: Arc<dyn DocStore>,
+    store: Arc<dyn RoomStore>,
     config: RoomConfig,
     limits: RoomLimits,
     metrics: Arc<Metrics>,
@@ -123,7 +123,7 @@ impl Drop for RoomLease {
 
 impl Rooms {
     pub fn new(
-        store: Arc<dyn DocStore>,
+        store: Arc<dyn RoomStore>,
         config: RoomConfig,
         limits: RoomLimits,
         metrics: Arc<Metrics>,
@@ -168,7 +168,7 @@ impl Rooms {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn DocStore> {
+    pub fn store(&self) -> &Arc<dyn RoomStore> {
         &self.store
     }
 
@@ -424,7 +424,7 @@ impl Rooms {
     }
 
     /// Deletes a room, whether or not it is in memory: closes its sockets and replaces its
-    /// stored data with a tombstone (see [`DocStore::delete`]). Joins are refused from then
+    /// stored data with a tombstone (see [`RoomStore::delete`]). Joins are refused from then
     /// on, until [`Rooms::undelete`].
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let slot = self.slot(name);
@@ -468,7 +468,7 @@ impl Rooms {
     /// deletion write or discard the log themselves) is left for the next flush.
     ///
     /// While the store is failing, this is its recovery (at most every [`RECOVERY_INTERVAL`]):
-    /// the store recovers ([`DocStore::recover`]), every loaded room writes its whole document
+    /// the store recovers ([`RoomStore::recover`]), every loaded room writes its whole document
     /// as a snapshot, and one flush; the store is healthy again once all of that succeeded
     /// without a new failure meanwhile.
     pub async fn flush(&self) -> Result<usize, StoreError> {
@@ -597,7 +597,7 @@ mod tests {
     use crate::room::ApplyError;
     use crate::store::{FailingStore, SledStore, StoreCall};
 
-    fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {
+    fn rooms_on(store: Arc<dyn RoomStore>) -> Rooms {
         let config = RoomConfig::without_limits();
         let limits = RoomLimits {
             max_rooms: 1000,

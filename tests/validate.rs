@@ -23,7 +23,7 @@ use yrs::{
 use ycord::metrics::Metrics;
 use ycord::protocol::validate;
 use ycord::room::{Room, RoomConfig};
-use ycord::store::{DocStore, SledStore};
+use ycord::store::{RoomStore, SledStore};
 use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 fn automerge_updates() -> Vec<Vec<u8>> {
@@ -307,7 +307,7 @@ fn peak_rss_kib() -> u64 {
 /// Runs one bomb through a room (`control`: through yrs alone) and prints how much the peak
 /// resident memory grew.
 fn run_bomb_child(name: &str) {
-    let store: Arc<dyn DocStore> = Arc::new(SledStore::temporary().unwrap());
+    let store: Arc<dyn RoomStore> = Arc::new(SledStore::temporary().unwrap());
     let config = RoomConfig::without_limits();
     let room =
         Arc::new(Room::load("bomb".into(), store, config, Arc::new(Metrics::new()), None).unwrap());

@@ -35,7 +35,7 @@ use yrs::{ClientID, ReadTxn, StateVector, Transact};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::health::Refused;
-use crate::store::{DocStore, StoreError, StoreHealth};
+use crate::store::{RoomStore, StoreError, StoreHealth};
 use members::Members;
 pub use members::{
     AWARENESS_QUEUE_BYTES, AWARENESS_QUEUE_CAPACITY, BEHIND_WATERMARK, ConnectionId,
@@ -212,7 +212,7 @@ struct RoomState {
 pub struct Room {
     name: Arc<str>,
     state: Mutex<RoomState>,
-    store: Arc<dyn DocStore>,
+    store: Arc<dyn RoomStore>,
     /// Whether the store takes writes; shared with the registry and every other room.
     health: Arc<StoreHealth>,
     /// Set when a panic inside the room's critical section left its document in doubt: the
@@ -250,7 +250,7 @@ impl Room {
     /// calls it on the blocking pool. Corrupt records are logged and skipped.
     pub fn load(
         name: Arc<str>,
-        store: Arc<dyn DocStore>,
+        store: Arc<dyn RoomStore>,
         config: RoomConfig,
         metrics: Arc<Metrics>,
         observer: Option<Arc<dyn ChangeObserver>>,

@@ -270,10 +270,10 @@ impl Room {
     }
 
     /// Deletes the room: every member's session ends (closed with
-    /// [`close_code::ROOM_DELETED`](crate::peer::close_code::ROOM_DELETED), which stock
+    /// [`close_code::ROOM_DELETED`](crate::connection::close_code::ROOM_DELETED), which stock
     /// clients do not retry), nothing more is applied, and the store replaces its data with a
     /// tombstone. Blocking. A write that took its updates before this and reaches the store
-    /// after it is refused there (see [`crate::store::DocStore::delete`]); holding the
+    /// after it is refused there (see [`crate::store::RoomStore::delete`]); holding the
     /// compaction lock keeps a running compaction from even trying.
     pub fn delete(&self) -> Result<(), StoreError> {
         let _no_compaction = self

@@ -32,7 +32,7 @@ fn room() -> Arc<Room> {
     room_on(Arc::new(SledStore::temporary().unwrap()))
 }
 
-fn room_on(store: Arc<dyn DocStore>) -> Arc<Room> {
+fn room_on(store: Arc<dyn RoomStore>) -> Arc<Room> {
     let config = RoomConfig::without_limits();
     Arc::new(Room::load("room".into(), store, config, Arc::new(Metrics::new()), None).unwrap())
 }
@@ -59,7 +59,7 @@ fn the_full_sync_reply_is_encoded_once_until_the_document_changes() {
 
 #[test]
 fn an_update_past_the_document_limit_changes_nothing() {
-    let store: Arc<dyn DocStore> = Arc::new(SledStore::temporary().unwrap());
+    let store: Arc<dyn RoomStore> = Arc::new(SledStore::temporary().unwrap());
     let config = RoomConfig {
         compact_log_updates: u64::MAX,
         compact_log_bytes: u64::MAX,

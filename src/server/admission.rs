@@ -375,7 +375,7 @@ async fn session_task(
 }
 
 /// Answers a WebSocket join of a deleted room: the handshake completes and the socket is
-/// closed at once with [`close_code::ROOM_DELETED`](crate::peer::close_code::ROOM_DELETED),
+/// closed at once with [`close_code::ROOM_DELETED`](crate::connection::close_code::ROOM_DELETED),
 /// without joining the room. A stock y-websocket client retries an HTTP refusal (it sees only
 /// close code 1006) forever, and stops on a 4400-4499 close. Nothing the client sends is read.
 fn close_deleted(
@@ -398,7 +398,7 @@ fn close_deleted(
         };
         let mut socket = server_socket(upgraded, None).await;
         let close = CloseFrame {
-            code: crate::peer::close_code::ROOM_DELETED.into(),
+            code: crate::connection::close_code::ROOM_DELETED.into(),
             reason: "room deleted".into(),
         };
         // Then read (and drop) what comes until the client's close completes the handshake.

@@ -42,7 +42,7 @@ use crate::error::StoreError;
 use crate::limit::IpRateLimiter;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomLimits, Rooms};
-use crate::store::{DocStore, SledStore, StoreHealth};
+use crate::store::{RoomStore, SledStore, StoreHealth};
 use crate::webhooks::Webhooks;
 pub use request::room_name;
 use shared::{Shared, saturating_usize};
@@ -101,7 +101,7 @@ impl Server {
     /// [`crate::store::FailingStore`]).
     pub async fn start_with_store(
         config: ServeConfig,
-        store: Arc<dyn DocStore>,
+        store: Arc<dyn RoomStore>,
     ) -> Result<Server, ServerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

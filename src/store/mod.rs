@@ -1,4 +1,4 @@
-//! Document storage: the [`DocStore`] trait and its sled implementation.
+//! Document storage: the [`RoomStore`] trait and its sled implementation.
 //!
 //! A room's stored state is a snapshot (a full v1 update, compressed) plus an append-only log of
 //! the updates applied since. Loading applies the snapshot, then the log in order. Compaction
@@ -82,7 +82,7 @@ pub struct RoomStats {
 /// Persistence for room documents. Implementations must make `compact` atomic: a crash leaves
 /// either the old snapshot and log or the new ones, never a mix that loses updates. `delete`
 /// must be atomic too, and final until `undelete`.
-pub trait DocStore: Send + Sync + 'static {
+pub trait RoomStore: Send + Sync + 'static {
     /// Reads a room's snapshot and log. A room never stored loads as empty.
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
 

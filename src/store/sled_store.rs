@@ -38,7 +38,7 @@ use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 
 use super::StoreError;
-use super::{DocStore, RoomStats, StoredDoc};
+use super::{RoomStats, RoomStore, StoredDoc};
 
 const TREE: &str = "docs";
 /// Written by the readiness probe, in sled's default tree (never in `docs`).
@@ -65,12 +65,12 @@ const BLOB_SPACE_MARGIN: u64 = 1 << 20;
 /// `u64::MAX`, where new entries overwrite each other (fuzzer finding `snapshot-through-seq-max`).
 const MAX_SEQ: u64 = 1 << 63;
 
-/// sled-backed [`DocStore`]. Cloning shares the same database.
+/// sled-backed [`RoomStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
     /// The open database; `None` between dropping a failed one and reopening it.
     open: Arc<RwLock<Option<Handles>>>,
-    /// Where the database lives, to reopen it ([`DocStore::recover`]); `None` for a temporary one.
+    /// Where the database lives, to reopen it ([`RoomStore::recover`]); `None` for a temporary one.
     dir: Option<PathBuf>,
     /// Held while flushing: concurrent flushes can deadlock in sled 0.34 (upstream
     /// spacejam/sled#1308), so the periodic flusher and the shutdown take turns. (The shutdown
@@ -136,7 +136,7 @@ impl SledStore {
     /// tmpfs, a 900 KB snapshot failed and the next flush never returned, so the store could
     /// not even be reopened. Checking the free space first turns that into an ordinary error
     /// the rooms retry. Small values are written inline, where a full disk makes sled fail
-    /// every operation until it is reopened ([`DocStore::recover`]).
+    /// every operation until it is reopened ([`RoomStore::recover`]).
     fn ensure_space_for(&self, len: usize) -> Result<(), StoreError> {
         let Some(dir) = &self.dir else {
             return Ok(());
@@ -335,7 +335,7 @@ fn log_seq(key: &[u8], prefix_len: usize) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
-impl DocStore for SledStore {
+impl RoomStore for SledStore {
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
         let Handles { docs, .. } = self.handles()?;
         let mut doc = StoredDoc::default();

@@ -53,7 +53,7 @@ impl TestServer {
     /// directory as usual: drop every other handle to the store before one.
     pub async fn start_with_store(
         adjust: impl FnOnce(&mut ServeConfig),
-        make_store: impl FnOnce(&ServeConfig) -> Arc<dyn ycord::store::DocStore>,
+        make_store: impl FnOnce(&ServeConfig) -> Arc<dyn ycord::store::RoomStore>,
     ) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = ServeConfig::for_tests(dir.path().join("data"));
@@ -492,7 +492,7 @@ pub fn awareness_entries(frame: &[u8]) -> Option<std::collections::HashMap<u64, 
 /// The text `name` of a document rebuilt from what the store holds for `room` (snapshot, then
 /// log in order), as the server would load it.
 pub fn stored_text(store: &ycord::store::SledStore, room: &str, name: &str) -> String {
-    use ycord::store::DocStore;
+    use ycord::store::RoomStore;
     let stored = store.load(room).expect("store loads");
     assert!(
         stored.corrupt.is_empty(),
