@@ -126,6 +126,15 @@ fn store_with_snapshot_and_tail(trace: &Automerge) -> Arc<SledStore> {
     store
 }
 
+/// A fresh empty room on a temporary sled store, with `members` subscribed.
+fn empty_room_with(members: usize) -> (Arc<Room>, Vec<Subscription>) {
+    let room = load_room(&Arc::new(
+        SledStore::temporary().expect("temporary store opens"),
+    ));
+    let subscriptions = subscribe(&room, members);
+    (room, subscriptions)
+}
+
 fn subscribe(room: &Room, members: usize) -> Vec<Subscription> {
     (0..members as u64)
         .map(|connection| room.subscribe(connection).0)
@@ -207,13 +216,7 @@ fn room_apply(c: &mut Criterion) {
     for members in [0, 5] {
         group.bench_function(format!("automerge_first_10k/members={members}"), |b| {
             b.iter_batched(
-                || {
-                    let room = load_room(&Arc::new(
-                        SledStore::temporary().expect("temporary store opens"),
-                    ));
-                    let subscriptions = subscribe(&room, members);
-                    (room, subscriptions)
-                },
+                || empty_room_with(members),
                 |(room, mut subscriptions)| {
                     apply_all(&room, &mut subscriptions, &trace.updates[..CHUNK]);
                     (room, subscriptions)
@@ -487,13 +490,7 @@ fn friendsforever_apply(c: &mut Criterion) {
     for members in [0, 2] {
         group.bench_function(format!("room_apply/members={members}"), |b| {
             b.iter_batched(
-                || {
-                    let room = load_room(&Arc::new(
-                        SledStore::temporary().expect("temporary store opens"),
-                    ));
-                    let subscriptions = subscribe(&room, members);
-                    (room, subscriptions)
-                },
+                || empty_room_with(members),
                 |(room, mut subscriptions)| {
                     apply_all(&room, &mut subscriptions, updates);
                     (room, subscriptions)

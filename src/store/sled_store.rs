@@ -22,7 +22,7 @@
 //! `deletions` shared, deletion and undeletion hold it exclusively.
 //!
 //! A log entry holds one or more updates, so that a room can write a burst of edits with one
-//! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room.rs`).
+//! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room/persistence.rs`).
 //!
 //! The snapshot key sorts before the room's log keys, and log keys sort by sequence number, so
 //! loading a room is one prefix scan. `through_seq` is the last log sequence the snapshot
@@ -75,7 +75,7 @@ pub struct SledStore {
     /// Held while flushing: concurrent flushes can deadlock in sled 0.34 (upstream
     /// spacejam/sled#1308), so the periodic flusher and the shutdown take turns. (The shutdown
     /// hang once blamed on this was sled leaking a failed blob write; see
-    /// `MAX_UNWRITTEN_BYTES` in `room.rs`.)
+    /// `MAX_UNWRITTEN_BYTES` in `room/persistence.rs`.)
     flushing: Arc<Mutex<()>>,
     /// Orders writes against deletions (see the module documentation): held shared by
     /// `append` and `compact` from their tombstone check through their write, exclusively by

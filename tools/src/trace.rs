@@ -120,6 +120,15 @@ pub fn traces_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/data"))
 }
 
+/// `trace`, or else the automerge-paper trace in [`traces_dir`]: what the load tool replays
+/// unless told otherwise.
+pub fn trace_or_default(trace: Option<&Path>) -> PathBuf {
+    trace.map_or_else(
+        || traces_dir().join("automerge-paper.json.gz"),
+        Path::to_path_buf,
+    )
+}
+
 /// A concurrent editing trace (`friendsforever`) as stored on disk: `{kind: "concurrent",
 /// endContent, numAgents, txns: [{parents, agent, patches}]}`.
 #[derive(Debug, Deserialize)]
