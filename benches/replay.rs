@@ -23,8 +23,8 @@ use ycord::error::StoreError;
 use ycord::metrics::Metrics;
 use ycord::protocol::{self, Inbound};
 use ycord::room::{Applied, Room, RoomConfig, Subscription};
-use ycord::store::{DocStore, FailingStore, RoomStats, SledStore, StoredDoc};
-use ycord::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
+use ycord::store::{FailingStore, RoomStats, RoomStore, SledStore, StoredDoc};
+use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 const ROOM: &str = "bench";
 /// Updates applied per timed batch in the room benches.
@@ -81,16 +81,11 @@ fn friendsforever() -> &'static [Vec<u8>] {
 
 /// Compaction never runs on its own (it would need a tokio runtime and race the timing).
 fn config() -> RoomConfig {
-    RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    }
+    RoomConfig::without_limits()
 }
 
 fn load_room(store: &Arc<SledStore>) -> Arc<Room> {
-    let store: Arc<dyn DocStore> = store.clone();
+    let store: Arc<dyn RoomStore> = store.clone();
     Arc::new(
         Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
             .expect("room loads"),
@@ -129,6 +124,15 @@ fn store_with_snapshot_and_tail(trace: &Automerge) -> Arc<SledStore> {
     let store = store_with_snapshot(&trace.state_before_tail, tail_start as u64 - 1);
     append_one_per_entry(&store, tail_start as u64, &trace.updates[tail_start..]);
     store
+}
+
+/// A fresh empty room on a temporary sled store, with `members` subscribed.
+fn empty_room_with(members: usize) -> (Arc<Room>, Vec<Subscription>) {
+    let room = load_room(&Arc::new(
+        SledStore::temporary().expect("temporary store opens"),
+    ));
+    let subscriptions = subscribe(&room, members);
+    (room, subscriptions)
 }
 
 fn subscribe(room: &Room, members: usize) -> Vec<Subscription> {
@@ -212,13 +216,7 @@ fn room_apply(c: &mut Criterion) {
     for members in [0, 5] {
         group.bench_function(format!("automerge_first_10k/members={members}"), |b| {
             b.iter_batched(
-                || {
-                    let room = load_room(&Arc::new(
-                        SledStore::temporary().expect("temporary store opens"),
-                    ));
-                    let subscriptions = subscribe(&room, members);
-                    (room, subscriptions)
-                },
+                || empty_room_with(members),
                 |(room, mut subscriptions)| {
                     apply_all(&room, &mut subscriptions, &trace.updates[..CHUNK]);
                     (room, subscriptions)
@@ -247,7 +245,7 @@ fn room_apply(c: &mut Criterion) {
     group.bench_function("automerge_first_10k/members=0/null_store", |b| {
         b.iter_batched(
             || {
-                let store: Arc<dyn DocStore> = Arc::new(NullStore);
+                let store: Arc<dyn RoomStore> = Arc::new(NullStore);
                 Arc::new(
                     Room::load(ROOM.into(), store, config(), Arc::new(Metrics::new()), None)
                         .expect("room loads"),
@@ -341,78 +339,57 @@ fn compaction(c: &mut Criterion) {
         // The setup below does what it claims: compaction leaves only a snapshot, and the
         // room loads back from it.
         let store = store_with_snapshot_and_tail(trace);
-        let room = Room::load(
-            ROOM.into(),
-            log_as_full_state(&store),
-            config(),
-            Arc::new(Metrics::new()),
-            None,
-        )
-        .expect("room loads");
-        room.compact().expect("compaction");
+        full_state_room(&store).compact().expect("compaction");
         let stats = store.stats(ROOM).expect("stats");
         assert_eq!(stats.log_entries, 0, "compaction left log entries");
         assert_eq!(load_room(&store).encode_state(), trace.full_state);
     }
     let mut group = quick_group(c, "compaction");
     group.sampling_mode(SamplingMode::Flat);
+    // The log in the store, and a room holding the document with a non-empty log count:
+    // loading the snapshot as its only "log" entry avoids replaying 259,778 updates per
+    // sample, while compaction still removes every real log entry.
     group.bench_function("automerge_full_log", |b| {
-        b.iter_batched(
-            || {
-                // The log in the store, and a room holding the document with a non-empty log
-                // count: loading the snapshot as its only "log" entry avoids replaying 259,778
-                // updates per sample, while compaction still removes every real log entry.
-                let store = store_with_log(&trace.updates);
-                let room = Arc::new(
-                    Room::load(
-                        ROOM.into(),
-                        log_as_full_state(&store),
-                        config(),
-                        Arc::new(Metrics::new()),
-                        None,
-                    )
-                    .expect("room loads"),
-                );
-                (room, store)
-            },
-            |(room, store)| {
-                room.compact().expect("compaction");
-                (room, store)
-            },
-            BatchSize::PerIteration,
-        )
+        compact_each(b, || store_with_log(&trace.updates))
     });
     // What ycord's default threshold (10,000 updates) compacts at the end of the trace.
     group.bench_function("automerge_log_10k", |b| {
-        b.iter_batched(
-            || {
-                let store = store_with_snapshot_and_tail(trace);
-                let room = Arc::new(
-                    Room::load(
-                        ROOM.into(),
-                        log_as_full_state(&store),
-                        config(),
-                        Arc::new(Metrics::new()),
-                        None,
-                    )
-                    .expect("room loads"),
-                );
-                (room, store)
-            },
-            |(room, store)| {
-                room.compact().expect("compaction");
-                (room, store)
-            },
-            BatchSize::PerIteration,
-        )
+        compact_each(b, || store_with_snapshot_and_tail(trace))
     });
     group.finish();
+}
+
+/// The room of `store` holding the whole automerge-paper document (see [`log_as_full_state`]).
+fn full_state_room(store: &Arc<SledStore>) -> Arc<Room> {
+    let room = Room::load(
+        ROOM.into(),
+        log_as_full_state(store),
+        config(),
+        Arc::new(Metrics::new()),
+        None,
+    );
+    Arc::new(room.expect("room loads"))
+}
+
+/// Times one compaction per sample of the full-state room over a fresh `store()`.
+fn compact_each(b: &mut criterion::Bencher<'_>, store: impl Fn() -> Arc<SledStore>) {
+    b.iter_batched(
+        || {
+            let store = store();
+            (full_state_room(&store), store)
+        },
+        |(room, store)| {
+            room.compact().expect("compaction");
+            (room, store)
+        },
+        BatchSize::PerIteration,
+    )
 }
 
 /// A store that keeps nothing: isolates the room's own cost from sled's.
 struct NullStore;
 
-impl DocStore for NullStore {
+impl RoomStore for NullStore {
     fn load(&self, _room: &str) -> Result<StoredDoc, StoreError> {
         Ok(StoredDoc::default())
     }
@@ -454,7 +431,7 @@ impl DocStore for NullStore {
 /// A store that presents the room's full state as a one-entry log whose sequence numbers
 /// match the real log underneath (`next_seq` past its end), so that `Room::compact` removes
 /// the whole real log. Everything else goes to the real store.
-fn log_as_full_state(store: &Arc<SledStore>) -> Arc<dyn DocStore> {
+fn log_as_full_state(store: &Arc<SledStore>) -> Arc<dyn RoomStore> {
     Arc::new(
         FailingStore::new(store.clone()).map_loads(|_, real| StoredDoc {
             snapshot: None,
@@ -513,13 +490,7 @@ fn friendsforever_apply(c: &mut Criterion) {
     for members in [0, 2] {
         group.bench_function(format!("room_apply/members={members}"), |b| {
             b.iter_batched(
-                || {
-                    let room = load_room(&Arc::new(
-                        SledStore::temporary().expect("temporary store opens"),
-                    ));
-                    let subscriptions = subscribe(&room, members);
-                    (room, subscriptions)
-                },
+                || empty_room_with(members),
                 |(room, mut subscriptions)| {
                     apply_all(&room, &mut subscriptions, updates);
                     (room, subscriptions)

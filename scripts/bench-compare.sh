@@ -24,7 +24,7 @@ SERVERS=${SERVERS:-"ycord node hocuspocus"}
 PEER_DIR=${PEER_DIR:-$(mktemp -d)}
 mkdir -p "$RESULTS"
 
-cargo build --release --locked --bin ycord --bin ycord-bench
+cargo build --release --locked -p ycord -p ycord-tools --bin ycord --bin ycord-bench
 BIN=$PWD/target/release
 
 HOCUSPOCUS_DIR=$PWD/scripts/peers

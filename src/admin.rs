@@ -7,15 +7,15 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::config::{Command, StoreArgs};
-use crate::error::{ApplyError, StoreError};
 use crate::metrics::Metrics;
+use crate::room::ApplyError;
 use crate::room::{Room, RoomConfig};
-use crate::store::{DocStore, SledStore};
+use crate::store::StoreError;
+use crate::store::{RoomStore, SledStore};
 
 #[derive(Debug, Error)]
 pub enum AdminError {
@@ -142,7 +142,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
     std::fs::write(path, bytes).map_err(|source| io(&path.display().to_string(), source))
 }
 
-fn open(args: &StoreArgs) -> Result<Arc<dyn DocStore>, AdminError> {
+fn open(args: &StoreArgs) -> Result<Arc<dyn RoomStore>, AdminError> {
     let store = SledStore::open(&args.data_dir).map_err(|source| AdminError::Open {
         dir: args.data_dir.display().to_string(),
         source,
@@ -150,7 +150,7 @@ fn open(args: &StoreArgs) -> Result<Arc<dyn DocStore>, AdminError> {
     Ok(Arc::new(store))
 }
 
-fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
+fn load(store: &Arc<dyn RoomStore>, room: &str) -> Result<Arc<Room>, AdminError> {
     if let Some(deleted_at_ms) = store.deleted_at(room)? {
         return Err(AdminError::Deleted {
             room: room.to_owned(),
@@ -158,12 +158,7 @@ fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> 
         });
     }
     // No compaction is triggered by thresholds here: the commands compact explicitly.
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     let room = Room::load(
         Arc::from(room),
         store.clone(),
@@ -174,7 +169,7 @@ fn load(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> 
     Ok(Arc::new(room))
 }
 
-fn load_existing(store: &Arc<dyn DocStore>, room: &str) -> Result<Arc<Room>, AdminError> {
+fn load_existing(store: &Arc<dyn RoomStore>, room: &str) -> Result<Arc<Room>, AdminError> {
     let stats = store.stats(room)?;
     // A deleted room has no data either: `load` says it was deleted.
     if stats.snapshot_bytes == 0 && stats.log_entries == 0 && store.deleted_at(room)?.is_none() {

@@ -15,13 +15,15 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, Transact, Update};
 
 use crate::auth::{Access, Authenticator};
+use crate::connection::ConnectionHandler;
 use crate::error::ApplyError;
 use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::peer::Peer;
 use crate::protocol::{self, Inbound};
 use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Room, RoomConfig, Subscription};
-use crate::store::{DocStore, SledStore, encode_log_entry};
+use crate::store::{
+    RoomStore, SledStore, encode_log_entry, encode_snapshot, log_key, room_prefix, snapshot_key,
+};
 
 /// Target `protocol_decode`: the input is one inbound WebSocket frame. Every message decoded
 /// must re-encode to a frame that decodes to the same message, and every update or awareness
@@ -107,7 +109,7 @@ pub fn session_frames(data: &[u8]) {
         // Nothing expires while a case runs: expiry depends on the clock.
         awareness_timeout: Duration::from_secs(3600),
     };
-    let store: Arc<dyn DocStore> = Arc::new(temporary_store());
+    let store: Arc<dyn RoomStore> = Arc::new(temporary_store());
     let load = || {
         Arc::new(
             Room::load(
@@ -147,11 +149,11 @@ pub fn session_frames(data: &[u8]) {
         }
         let (frame, rest) = rest.split_at(usize::from(len).min(rest.len()));
         input = rest;
-        if member.peer.handle_frame(frame, drop).is_err() {
+        if member.handler.handle_frame(frame, drop).is_err() {
             member = member.rejoin(&room, access);
         }
         // A pending update is in the room's encodings but not in its log (see
-        // `check_dependencies` in `room.rs`).
+        // `check_dependencies` in `room/document.rs`).
         assert!(
             !room.has_pending_changes(),
             "the room holds a pending update"
@@ -169,7 +171,7 @@ struct Member {
     connection: ConnectionId,
     /// The server's dispatch of the connection's frames, as in a live session (with no
     /// update rate limit: a case is not timed).
-    peer: Peer,
+    handler: ConnectionHandler,
     /// Held so that the room keeps queueing frames for it, as for a live session.
     _subscription: Subscription,
 }
@@ -179,7 +181,7 @@ impl Member {
         let (subscription, _greeting) = room.subscribe(connection);
         Member {
             connection,
-            peer: Peer::new(
+            handler: ConnectionHandler::new(
                 room.clone(),
                 access,
                 &MessageBudgets::unlimited(),
@@ -190,7 +192,7 @@ impl Member {
     }
 
     fn leave(self, room: &Room) {
-        room.unsubscribe(self.connection, self.peer.controlled());
+        room.unsubscribe(self.connection, self.handler.controlled());
     }
 
     fn rejoin(self, room: &Arc<Room>, access: Access) -> Member {
@@ -250,7 +252,7 @@ const WITNESS_ROOM: &str = "witness";
 /// The loaded room must then accept an update, compact and be deleted.
 pub fn store_recovery(data: &[u8]) {
     let sled = temporary_store();
-    let store: Arc<dyn DocStore> = Arc::new(sled.clone());
+    let store: Arc<dyn RoomStore> = Arc::new(sled.clone());
     let config = RoomConfig {
         compact_log_updates: u64::MAX,
         compact_log_bytes: u64::MAX,
@@ -289,24 +291,15 @@ pub fn store_recovery(data: &[u8]) {
             u64::MAX - u64::from(0xff - seq_byte)
         };
         let (key, value) = match tag % 4 {
-            0 => (with_suffix(&prefix, &[0]), bytes.to_vec()),
-            1 => {
-                let mut value = vec![1];
-                value.extend_from_slice(&seq.to_be_bytes());
-                value.extend_from_slice(&0u64.to_be_bytes());
-                value.extend_from_slice(&lz4_flex::compress_prepend_size(body));
-                (with_suffix(&prefix, &[0]), value)
-            }
-            2 => {
-                let mut suffix = vec![1];
-                suffix.extend_from_slice(&seq.to_be_bytes());
-                (with_suffix(&prefix, &suffix), encode_log_entry(&[body]))
-            }
+            0 => (snapshot_key(TARGET_ROOM), bytes.to_vec()),
+            1 => (snapshot_key(TARGET_ROOM), encode_snapshot(seq, 0, body)),
+            2 => (log_key(TARGET_ROOM, seq), encode_log_entry(&[body])),
             _ => {
                 let (extra, value) = body.split_at(usize::from(seq_byte % 16).min(body.len()));
-                let mut suffix = vec![seq_byte];
-                suffix.extend_from_slice(extra);
-                (with_suffix(&prefix, &suffix), value.to_vec())
+                let mut key = prefix.clone();
+                key.push(seq_byte);
+                key.extend_from_slice(extra);
+                (key, value.to_vec())
             }
         };
         sled.raw_insert(&key, &value)
@@ -349,20 +342,6 @@ pub fn store_recovery(data: &[u8]) {
         stored.corrupt.is_empty(),
         "the witness room has corrupt records"
     );
-}
-
-/// `u16be(len(name)) name`, the key prefix of a room in `store/sled_store.rs`'s layout.
-fn room_prefix(room: &str) -> Vec<u8> {
-    let len = u16::try_from(room.len()).expect("a short room name");
-    let mut key = len.to_be_bytes().to_vec();
-    key.extend_from_slice(room.as_bytes());
-    key
-}
-
-fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(suffix);
-    key
 }
 
 /// A v1 update from a fresh client `client` that appends `text` to the root text `text`.

@@ -5,17 +5,21 @@
 //! - [`admin`]: export, import, compact and inspect a stopped server's data directory.
 //! - [`auth`]: JWT verification and room grants.
 //! - [`config`]: the command line and `YCORD_*` environment, validated into one struct.
-//! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes.
+//! - [`protocol`]: y-websocket message decoding and encoding; pure functions over bytes (a
+//!   second wire dialect goes beside it).
+//! - [`connection`]: what one connection's messages do to its room, without I/O.
 //! - [`queue`]: the bounded queue from a room to one member's session.
-//! - [`room`]: one document with its awareness states, members' queues and persistence.
+//! - [`room`]: one document (`room/document.rs`), its members and presence
+//!   (`room/members.rs`) and its persistence (`room/persistence.rs`); [`room::ChangeObserver`]
+//!   is where webhooks and a cluster's fan-out plug in.
 //! - [`rooms`]: the registry that loads each room once and evicts idle ones.
-//! - [`store`]: the [`store::DocStore`] trait and its sled implementation (key layout there).
+//! - [`store`]: the [`store::RoomStore`] trait and its sled implementation (key layout there;
+//!   a second store goes beside `store/sled_store.rs`).
 //! - [`server`]: binding, routes, WebSocket sessions, graceful shutdown.
-//! - [`error`]: typed errors per domain.
+//! - [`error`]: every domain's error type, re-exported in one place.
 //! - [`limit`]: token buckets for update and connection rates.
 //! - [`metrics`]: the Prometheus metrics, one value per server.
 //! - [`webhooks`]: signed, debounced change notifications to a URL.
-//! - [`trace`]: real editing traces turned into Yjs updates (benches, load tool).
 //! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed by the tests.
 //!
 //! # The flow of one update
@@ -29,19 +33,18 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limit;
 pub mod metrics;
-pub mod peer;
 pub mod protocol;
 pub mod queue;
 pub mod room;
 pub mod rooms;
 pub mod server;
 pub mod store;
-pub mod trace;
 pub mod webhooks;
 
 pub use config::{Cli, ServeConfig};

@@ -24,9 +24,32 @@ use yrs::encoding::write::Write;
 use yrs::updates::decoder::Decode;
 use yrs::{StateVector, Update};
 
-use crate::error::ProtocolError;
+use thiserror::Error;
 
 pub mod validate;
+
+/// A frame that does not follow the y-websocket protocol.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("truncated or malformed varint: {0}")]
+    Malformed(String),
+    #[error("length {len} exceeds the {remaining} bytes left in the frame")]
+    LengthOutOfBounds { len: u64, remaining: usize },
+    #[error("unknown message type {0}")]
+    UnknownMessageType(u64),
+    #[error("unknown sync message type {0}")]
+    UnknownSyncType(u64),
+    #[error("invalid state vector")]
+    InvalidStateVector,
+}
+
+impl From<yrs::encoding::read::Error> for ProtocolError {
+    fn from(error: yrs::encoding::read::Error) -> Self {
+        ProtocolError::Malformed(error.to_string())
+    }
+}
 
 const MSG_SYNC: u8 = 0;
 const MSG_AWARENESS: u8 = 1;

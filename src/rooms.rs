@@ -15,11 +15,29 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::error::{JoinError, StoreError};
+use thiserror::Error;
+
 use crate::metrics::{Metrics, Reason};
-use crate::room::{Room, RoomConfig};
-use crate::store::{DocStore, StoreHealth, StoreOp};
+use crate::room::{ChangeObserver, Room, RoomConfig};
+use crate::store::{RoomStore, StoreError, StoreHealth, StoreOp};
 use crate::webhooks::Webhooks;
+
+/// Why a connection could not join a room.
+#[derive(Debug, Error)]
+pub enum JoinError {
+    #[error("loading the room failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("too many rooms in memory and none idle")]
+    TooManyRooms,
+    #[error("the room has reached its connection limit")]
+    RoomFull,
+    /// The room was deleted (it has a tombstone); see `RoomStore::delete`.
+    #[error("the room was deleted")]
+    RoomDeleted {
+        /// When, in ms since the epoch.
+        deleted_at_ms: u64,
+    },
+}
 
 enum Slot {
     /// Nobody has loaded the room yet (or loading failed).
@@ -34,11 +52,14 @@ type SharedSlot = Arc<AsyncMutex<Slot>>;
 /// All rooms in memory.
 pub struct Rooms {
     slots: Mutex<HashMap<Arc<str>, SharedSlot>>,
-    store: Arc<dyn DocStore>,
+    store: Arc<dyn RoomStore>,
     config: RoomConfig,
     limits: RoomLimits,
     metrics: Arc<Metrics>,
+    /// Told of loads and unloads.
     webhooks: Option<Webhooks>,
+    /// What every room tells of its changes (the webhooks, when configured).
+    observer: Option<Arc<dyn ChangeObserver>>,
     /// Rooms in memory (slots holding `Loaded`).
     loaded_count: std::sync::atomic::AtomicUsize,
     /// Room loads running at once (see [`max_concurrent_loads`]).
@@ -102,7 +123,7 @@ impl Drop for RoomLease {
 
 impl Rooms {
     pub fn new(
-        store: Arc<dyn DocStore>,
+        store: Arc<dyn RoomStore>,
         config: RoomConfig,
         limits: RoomLimits,
         metrics: Arc<Metrics>,
@@ -114,6 +135,9 @@ impl Rooms {
             config,
             limits,
             metrics: metrics.clone(),
+            observer: webhooks
+                .clone()
+                .map(|webhooks| Arc::new(webhooks) as Arc<dyn ChangeObserver>),
             webhooks,
             loaded_count: std::sync::atomic::AtomicUsize::new(0),
             loads: Semaphore::new(max_concurrent_loads()),
@@ -144,7 +168,7 @@ impl Rooms {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn DocStore> {
+    pub fn store(&self) -> &Arc<dyn RoomStore> {
         &self.store
     }
 
@@ -282,7 +306,7 @@ impl Rooms {
         let store = self.store.clone();
         let config = self.config.clone();
         let metrics = self.metrics.clone();
-        let webhooks = self.webhooks.clone();
+        let observer = self.observer.clone();
         let _permit = self
             .loads
             .acquire()
@@ -291,7 +315,7 @@ impl Rooms {
         let started = std::time::Instant::now();
         let health = self.health.clone();
         let room = tokio::task::spawn_blocking(move || {
-            Room::load(name, store, config, metrics, webhooks)
+            Room::load(name, store, config, metrics, observer)
                 .map(|room| room.with_store_health(health))
         })
         .await
@@ -400,7 +424,7 @@ impl Rooms {
     }
 
     /// Deletes a room, whether or not it is in memory: closes its sockets and replaces its
-    /// stored data with a tombstone (see [`DocStore::delete`]). Joins are refused from then
+    /// stored data with a tombstone (see [`RoomStore::delete`]). Joins are refused from then
     /// on, until [`Rooms::undelete`].
     pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let slot = self.slot(name);
@@ -444,7 +468,7 @@ impl Rooms {
     /// deletion write or discard the log themselves) is left for the next flush.
     ///
     /// While the store is failing, this is its recovery (at most every [`RECOVERY_INTERVAL`]):
-    /// the store recovers ([`DocStore::recover`]), every loaded room writes its whole document
+    /// the store recovers ([`RoomStore::recover`]), every loaded room writes its whole document
     /// as a snapshot, and one flush; the store is healthy again once all of that succeeded
     /// without a new failure meanwhile.
     pub async fn flush(&self) -> Result<usize, StoreError> {
@@ -570,16 +594,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::error::ApplyError;
+    use crate::room::ApplyError;
     use crate::store::{FailingStore, SledStore, StoreCall};
 
-    fn rooms_on(store: Arc<dyn DocStore>) -> Rooms {
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
+    fn rooms_on(store: Arc<dyn RoomStore>) -> Rooms {
+        let config = RoomConfig::without_limits();
         let limits = RoomLimits {
             max_rooms: 1000,
             max_connections_per_room: 10,
@@ -767,23 +786,7 @@ mod tests {
                 counting.fetch_sub(1, Ordering::SeqCst);
             }
         }));
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
-        let limits = RoomLimits {
-            max_rooms: 1000,
-            max_connections_per_room: 10,
-        };
-        let rooms = Arc::new(Rooms::new(
-            store.clone(),
-            config,
-            limits,
-            Arc::new(Metrics::new()),
-            None,
-        ));
+        let rooms = Arc::new(rooms_on(store.clone()));
         let joins: Vec<_> = (0..40)
             .map(|index| {
                 let rooms = rooms.clone();

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -22,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::room::Room;
+use crate::room::{ChangeHandle, ChangeObserver};
 
 /// A room's change is sent once it has been quiet this long…
 pub const CHANGE_QUIET: Duration = Duration::from_secs(2);
@@ -47,22 +46,8 @@ const TICK: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub enum Event {
     Loaded(Arc<str>),
-    Changed(Arc<Room>),
+    Changed(Arc<str>, Arc<ChangeHandle>),
     Unloaded(Arc<str>),
-}
-
-/// Per-room flag: a change event is pending, so further changes need not be queued.
-#[derive(Debug, Default)]
-pub struct ChangeFlag(AtomicBool);
-
-impl ChangeFlag {
-    /// Arms the flag; returns whether it was already armed.
-    fn arm(&self) -> bool {
-        self.0.swap(true, Ordering::AcqRel)
-    }
-    fn disarm(&self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 /// The rooms' side of the webhooks: a bounded queue to the dispatcher.
@@ -113,19 +98,24 @@ impl Webhooks {
     pub fn unloaded(&self, room: &Arc<str>) {
         self.send(Event::Unloaded(room.clone()));
     }
+}
 
+impl ChangeObserver for Webhooks {
     /// Notes a change; cheap when a change of this room is already pending. If the event is
-    /// dropped, nothing is pending: the flag is disarmed so that the next change tries again
-    /// (armed, it would have silenced the room's `changed` events for good).
-    pub fn changed(&self, room: &Arc<Room>) {
-        if !room.webhook_flag().arm() && !self.send(Event::Changed(room.clone())) {
-            room.webhook_flag().disarm();
+    /// dropped, nothing is pending: the mark is cleared so that the next change tries again
+    /// (left set, it would silence the room's `changed` events for good).
+    fn changed(&self, room: &Arc<str>, changes: &Arc<ChangeHandle>, _delta: &bytes::Bytes) {
+        if !changes.mark_notice_pending()
+            && !self.send(Event::Changed(room.clone(), changes.clone()))
+        {
+            changes.clear_notice_pending();
         }
     }
 }
 
 struct PendingChange {
-    room: Arc<Room>,
+    room: Arc<str>,
+    changes: Arc<ChangeHandle>,
     first: Instant,
 }
 
@@ -170,11 +160,12 @@ impl Dispatcher {
                 }
                 self.queue(body(&room, "unloaded", None));
             }
-            Event::Changed(room) => {
+            Event::Changed(room, changes) => {
                 self.pending
-                    .entry(room.name().clone())
+                    .entry(room.clone())
                     .or_insert_with(|| PendingChange {
                         room,
+                        changes,
                         first: Instant::now(),
                     });
             }
@@ -189,7 +180,7 @@ impl Dispatcher {
             .iter()
             .filter(|(_, change)| {
                 all || now.duration_since(change.first) >= CHANGE_MAX_DELAY
-                    || change.room.quiet_for() >= CHANGE_QUIET
+                    || change.changes.quiet_for() >= CHANGE_QUIET
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -201,10 +192,10 @@ impl Dispatcher {
     }
 
     fn queue_change(&mut self, change: PendingChange) {
-        // Disarm first: a change after this point arms the flag again and queues a new event.
-        change.room.webhook_flag().disarm();
-        let last_change_ms = change.room.info().last_change_ms;
-        self.queue(body(change.room.name(), "changed", Some(last_change_ms)));
+        // Cleared first: a change after this point marks it again and queues a new event.
+        change.changes.clear_notice_pending();
+        let last_change_ms = change.changes.last_change_ms();
+        self.queue(body(&change.room, "changed", Some(last_change_ms)));
     }
 
     fn queue(&mut self, body: Vec<u8>) {
@@ -295,8 +286,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room::RoomConfig;
-    use crate::store::SledStore;
 
     /// A change event dropped on a full queue leaves no change pending, so a later change of
     /// the room is queued again.
@@ -308,30 +297,24 @@ mod tests {
             events,
             metrics: metrics.clone(),
         };
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
-        let store = Arc::new(SledStore::temporary().unwrap());
-        let room =
-            Arc::new(Room::load("room".into(), store, config, metrics.clone(), None).unwrap());
-        webhooks.loaded(room.name());
-        webhooks.changed(&room);
+        let room: Arc<str> = "room".into();
+        let changes = Arc::new(ChangeHandle::default());
+        let delta = bytes::Bytes::new();
+        webhooks.loaded(&room);
+        webhooks.changed(&room, &changes, &delta);
         assert_eq!(
             metrics.webhook_events_dropped.get(),
             1,
             "the queue was full"
         );
         assert!(matches!(receiver.try_recv(), Ok(Event::Loaded(_))));
-        webhooks.changed(&room);
+        webhooks.changed(&room, &changes, &delta);
         assert!(
-            matches!(receiver.try_recv(), Ok(Event::Changed(changed)) if Arc::ptr_eq(&changed, &room)),
+            matches!(receiver.try_recv(), Ok(Event::Changed(name, handle)) if name == room && Arc::ptr_eq(&handle, &changes)),
             "the change after the dropped one is queued"
         );
         // While that one is pending, further changes are not queued.
-        webhooks.changed(&room);
+        webhooks.changed(&room, &changes, &delta);
         assert!(receiver.try_recv().is_err());
     }
 

@@ -31,12 +31,7 @@ const N: u32 = 200_000;
 const BOUND: Duration = Duration::from_secs(5);
 
 fn room() -> Arc<Room> {
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let config = RoomConfig::without_limits();
     let store = Arc::new(SledStore::temporary().unwrap());
     Arc::new(Room::load("room".into(), store, config, Arc::new(Metrics::new()), None).unwrap())
 }

@@ -7,7 +7,7 @@ mod ycord_bin;
 use std::time::Duration;
 
 use common::{Client, TestServer, WAIT, get_json, open_store, stored_text, text};
-use ycord::store::DocStore;
+use ycord::store::RoomStore;
 use ycord_bin::Ycord;
 use yrs::{Doc, Map};
 

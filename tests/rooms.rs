@@ -6,7 +6,7 @@ mod ycord_bin;
 
 use common::{Client, TestServer, connect_url, open_store, stored_text, text};
 use futures_util::future::join_all;
-use ycord::store::DocStore;
+use ycord::store::RoomStore;
 use ycord_bin::Ycord;
 
 /// Names that share prefixes, in memory and in the store's keys.

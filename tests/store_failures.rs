@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{Client, TestServer, WAIT, get, text};
 use reqwest::StatusCode;
 use ycord::ServeConfig;
-use ycord::store::{DocStore, FailingStore, SledStore};
+use ycord::store::{FailingStore, RoomStore, SledStore};
 use yrs::{Doc, Text};
 
 /// A server on a [`FailingStore`] over the sled store of its data directory.
@@ -23,7 +23,7 @@ async fn failing_server(adjust: impl FnOnce(&mut ServeConfig)) -> (TestServer, A
         let sled = SledStore::open(&config.data_dir).unwrap();
         let store = Arc::new(FailingStore::new(Arc::new(sled)));
         handle = Some(store.clone());
-        store as Arc<dyn DocStore>
+        store as Arc<dyn RoomStore>
     })
     .await;
     (server, handle.unwrap())

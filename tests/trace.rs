@@ -1,6 +1,6 @@
 //! The editing traces in `benches/data/` replay to their recorded final text.
 
-use ycord::trace::{SequentialTrace, traces_dir};
+use ycord_tools::trace::{SequentialTrace, traces_dir};
 
 #[test]
 fn automerge_paper_replays_to_its_end_content() {
@@ -11,7 +11,7 @@ fn automerge_paper_replays_to_its_end_content() {
 
 #[test]
 fn friendsforever_replay_converges() {
-    use ycord::trace::{ConcurrentTrace, TEXT_NAME};
+    use ycord_tools::trace::{ConcurrentTrace, TEXT_NAME};
     use yrs::{GetString, Transact};
     let trace = ConcurrentTrace::load(&traces_dir().join("friendsforever.json.gz")).unwrap();
     let replay = trace.to_updates().unwrap();

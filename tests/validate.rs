@@ -23,8 +23,8 @@ use yrs::{
 use ycord::metrics::Metrics;
 use ycord::protocol::validate;
 use ycord::room::{Room, RoomConfig};
-use ycord::store::{DocStore, SledStore};
-use ycord::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
+use ycord::store::{RoomStore, SledStore};
+use ycord_tools::trace::{ConcurrentTrace, SequentialTrace, traces_dir};
 
 fn automerge_updates() -> Vec<Vec<u8>> {
     let trace = SequentialTrace::load(&traces_dir().join("automerge-paper.json.gz")).unwrap();
@@ -307,13 +307,8 @@ fn peak_rss_kib() -> u64 {
 /// Runs one bomb through a room (`control`: through yrs alone) and prints how much the peak
 /// resident memory grew.
 fn run_bomb_child(name: &str) {
-    let store: Arc<dyn DocStore> = Arc::new(SledStore::temporary().unwrap());
-    let config = RoomConfig {
-        compact_log_updates: u64::MAX,
-        compact_log_bytes: u64::MAX,
-        max_doc_bytes: u64::MAX,
-        awareness_timeout: Duration::from_secs(30),
-    };
+    let store: Arc<dyn RoomStore> = Arc::new(SledStore::temporary().unwrap());
+    let config = RoomConfig::without_limits();
     let room =
         Arc::new(Room::load("bomb".into(), store, config, Arc::new(Metrics::new()), None).unwrap());
     let before = peak_rss_kib();

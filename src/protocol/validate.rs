@@ -45,7 +45,105 @@
 
 use yrs::encoding::read::{Cursor, Error as ReadError, Read};
 
-use crate::error::{Count, EncodingError, Tag};
+use thiserror::Error;
+
+/// Why an untrusted Yjs encoding (an update, a state vector, an awareness update) was refused
+/// before yrs decoded it; see `protocol::validate`. `at` is a byte offset into the encoding.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EncodingError {
+    #[error("truncated at byte {at}")]
+    Truncated { at: usize },
+    #[error("malformed varint at byte {at}")]
+    InvalidVarInt { at: usize },
+    #[error("invalid UTF-8 in the string at byte {at}")]
+    InvalidUtf8 { at: usize },
+    #[error("{count} {what} (count at byte {at}) cannot fit in the {remaining} bytes that follow")]
+    CountTooLarge {
+        what: Count,
+        count: u64,
+        remaining: usize,
+        at: usize,
+    },
+    #[error(
+        "an Any value nests more than {max} arrays and objects (byte {at})",
+        max = MAX_ANY_DEPTH
+    )]
+    TooDeep { at: usize },
+    #[error("unknown {what} tag {tag} at byte {at}")]
+    UnknownTag { what: Tag, tag: u8, at: usize },
+    #[error("empty block at byte {at}")]
+    EmptyBlock { at: usize },
+    #[error("client ID {client} at byte {at} does not fit in 53 bits")]
+    ClientIdOutOfRange { client: u64, at: usize },
+    #[error(
+        "legacy JSON content at byte {at}: yrs 0.28 misreads it (one value more than its count)"
+    )]
+    LegacyJsonContent { at: usize },
+    #[error("the struct at byte {at} runs past the largest clock")]
+    ClockOverflow { at: usize },
+    #[error("delete range of {len} from clock {clock} (byte {at}) ends past the largest clock")]
+    RangeOverflow { clock: u32, len: u32, at: usize },
+}
+
+/// What an [`EncodingError::CountTooLarge`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Clients with structs in an update.
+    Clients,
+    /// Structs of one client in an update.
+    Structs,
+    /// Values of an `Any` item (array elements, map values).
+    AnyContentValues,
+    /// Elements of an `Any` array.
+    ArrayValues,
+    /// Entries of an `Any` object.
+    ObjectEntries,
+    /// Clients in an update's delete set.
+    DeleteSetClients,
+    /// Deleted ranges of one client.
+    DeleteRanges,
+    /// Entries of a state vector.
+    StateVectorEntries,
+    /// States of an awareness update.
+    AwarenessStates,
+}
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Count::Clients => "clients",
+            Count::Structs => "structs",
+            Count::AnyContentValues => "Any item values",
+            Count::ArrayValues => "Any array values",
+            Count::ObjectEntries => "Any object entries",
+            Count::DeleteSetClients => "delete-set clients",
+            Count::DeleteRanges => "deleted ranges",
+            Count::StateVectorEntries => "state vector entries",
+            Count::AwarenessStates => "awareness states",
+        })
+    }
+}
+
+/// What an [`EncodingError::UnknownTag`] was the tag of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// The content type in an item's info byte.
+    Content,
+    /// A shared type's reference.
+    TypeRef,
+    /// An `Any` value's type.
+    Any,
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tag::Content => "item content",
+            Tag::TypeRef => "shared type",
+            Tag::Any => "Any value",
+        })
+    }
+}
 
 /// How many arrays and objects an `Any` value may nest. yrs imposes no limit on binary `Any`
 /// values, nor does lib0; serde_json, which yrs uses for the same values when they arrive as

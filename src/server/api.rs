@@ -11,8 +11,9 @@
 //!
 //! Room names in paths are percent-encoded (`file%3Atext%2F42`); a final `/state`, `/update` or
 //! `/tombstone` segment names the action. A deleted room answers 410 Gone (with its
-//! `deleted_at_ms`) to every call but `DELETE` until its tombstone is removed. A room not in memory is loaded for the call and unloaded later by
-//! the idle sweep. Errors are JSON `{"error": message}`.
+//! `deleted_at_ms`) to every call but `DELETE` until its tombstone is removed. A room not in
+//! memory is loaded for the call and unloaded later by the idle sweep. Errors are JSON
+//! `{"error": message}`.
 
 use std::sync::Arc;
 
@@ -21,8 +22,8 @@ use serde::Deserialize;
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Reply};
 
-use super::http::{credentials, json_error, require_admin};
-use super::{Shared, room_name};
+use super::request::{credentials, json_error, json_reply, require_admin, room_name};
+use super::shared::Shared;
 use crate::error::{ApplyError, JoinError, StoreError};
 use crate::room::Room;
 use crate::rooms::RoomLease;
@@ -198,7 +199,7 @@ fn gone(deleted_at_ms: u64) -> Response {
         "error": "the room was deleted",
         "deleted_at_ms": deleted_at_ms,
     });
-    warp::reply::with_status(warp::reply::json(&body), StatusCode::GONE).into_response()
+    json_reply(StatusCode::GONE, &body)
 }
 
 /// Holds the room in memory for the call; it unloads later if nobody else is connected.
@@ -251,26 +252,22 @@ async fn room_info(shared: &Shared, room: &str) -> Response {
         .await
         .into_iter()
         .find(|loaded| &**loaded.name() == room);
+    let stats_failed = || {
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading room stats failed",
+        )
+    };
     match shared.rooms.deleted_at(room).await {
         Ok(Some(deleted_at_ms)) => return gone(deleted_at_ms),
         Ok(None) => {}
-        Err(_) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "reading room stats failed",
-            );
-        }
+        Err(_) => return stats_failed(),
     }
     let store = shared.rooms.store().clone();
     let name = room.to_owned();
     let stats = match tokio::task::spawn_blocking(move || store.stats(&name)).await {
         Ok(Ok(stats)) => stats,
-        _ => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "reading room stats failed",
-            );
-        }
+        _ => return stats_failed(),
     };
     let info = loaded.as_ref().map(|room| room.info());
     if info.is_none() && stats.snapshot_bytes == 0 && stats.log_entries == 0 {
@@ -368,31 +365,26 @@ mod tests {
 
     #[test]
     fn paths_name_the_room_and_the_action() {
-        assert_eq!(parse_call(&Method::GET, "").unwrap(), Call::List);
-        assert_eq!(
-            parse_call(&Method::GET, "doc").unwrap(),
-            Call::Info("doc".into())
-        );
-        assert_eq!(
-            parse_call(&Method::GET, "file%3Atext%2F42/state").unwrap(),
-            Call::State("file:text/42".into())
-        );
-        assert_eq!(
-            parse_call(&Method::POST, "a/b/update").unwrap(),
-            Call::Update("a/b".into())
-        );
-        assert_eq!(
-            parse_call(&Method::DELETE, "doc").unwrap(),
-            Call::Delete("doc".into())
-        );
-        assert_eq!(
-            parse_call(&Method::GET, "a%2Fstate").unwrap(),
-            Call::Info("a/state".into())
-        );
-        assert_eq!(
-            parse_call(&Method::DELETE, "doc/tombstone").unwrap(),
-            Call::Undelete("doc".into())
-        );
+        let calls = [
+            (Method::GET, "", Call::List),
+            (Method::GET, "doc", Call::Info("doc".into())),
+            (
+                Method::GET,
+                "file%3Atext%2F42/state",
+                Call::State("file:text/42".into()),
+            ),
+            (Method::POST, "a/b/update", Call::Update("a/b".into())),
+            (Method::DELETE, "doc", Call::Delete("doc".into())),
+            (Method::GET, "a%2Fstate", Call::Info("a/state".into())),
+            (
+                Method::DELETE,
+                "doc/tombstone",
+                Call::Undelete("doc".into()),
+            ),
+        ];
+        for (method, tail, call) in calls {
+            assert_eq!(parse_call(&method, tail).unwrap(), call, "{method} {tail}");
+        }
         assert!(parse_call(&Method::GET, "doc/tombstone").is_err());
         assert!(parse_call(&Method::POST, "doc").is_err());
     }

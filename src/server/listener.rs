@@ -127,7 +127,7 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 
 /// The upgrade of a WebSocket request, taken out of hyper before warp routes the request so
 /// that ycord can build the WebSocket itself (warp's `ws()` hides tungstenite's buffer sizes,
-/// whose 128 KiB default read buffer was most of an idle connection's memory).
+/// and the default 128 KiB read buffer would be most of an idle connection's memory).
 #[derive(Clone)]
 pub struct PendingUpgrade(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
 
@@ -298,6 +298,11 @@ mod tests {
             .collect()
     }
 
+    /// The client behind the proxy at 127.0.0.1.
+    fn behind_local_proxy(headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+        forwarded_client(ip("127.0.0.1"), headers, trusted)
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -328,28 +333,19 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
         // The client wrote the first entry itself; 10.1.1.1 is a second proxy in the chain.
         let chain = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.1.1.1")]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &chain, &trusted),
-            ip("203.0.113.7")
-        );
+        assert_eq!(behind_local_proxy(&chain, &trusted), ip("203.0.113.7"));
         // Several headers are one list, in order.
         let split = headers(&[
             ("x-forwarded-for", "198.51.100.9"),
             ("x-forwarded-for", "203.0.113.7:5555, 10.1.1.1"),
         ]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &split, &trusted),
-            ip("203.0.113.7")
-        );
+        assert_eq!(behind_local_proxy(&split, &trusted), ip("203.0.113.7"));
         // Only trusted hops: the leftmost of them.
         let inside = headers(&[("x-forwarded-for", "10.2.2.2, 10.1.1.1")]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &inside, &trusted),
-            ip("10.2.2.2")
-        );
+        assert_eq!(behind_local_proxy(&inside, &trusted), ip("10.2.2.2"));
         // No header: the proxy itself.
         assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &HeaderMap::new(), &trusted),
+            behind_local_proxy(&HeaderMap::new(), &trusted),
             ip("127.0.0.1")
         );
     }
@@ -366,29 +362,20 @@ mod tests {
             ("x-forwarded-for", "203.0.113.99"),
         ]);
         assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &forwarded, &trusted),
+            behind_local_proxy(&forwarded, &trusted),
             ip("2001:db8:cafe::17")
         );
         let port = headers(&[("forwarded", r#"for="192.0.2.43:47011""#)]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &port, &trusted),
-            ip("192.0.2.43")
-        );
+        assert_eq!(behind_local_proxy(&port, &trusted), ip("192.0.2.43"));
     }
 
     #[test]
     fn a_hop_that_is_not_an_address_stops_at_the_last_trusted_one() {
         let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
         let unknown = headers(&[("forwarded", "for=203.0.113.7, for=unknown, for=10.1.1.1")]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &unknown, &trusted),
-            ip("10.1.1.1")
-        );
+        assert_eq!(behind_local_proxy(&unknown, &trusted), ip("10.1.1.1"));
         let garbage = headers(&[("x-forwarded-for", "203.0.113.7, not-an-ip")]);
-        assert_eq!(
-            forwarded_client(ip("127.0.0.1"), &garbage, &trusted),
-            ip("127.0.0.1")
-        );
+        assert_eq!(behind_local_proxy(&garbage, &trusted), ip("127.0.0.1"));
     }
 
     #[test]

@@ -29,9 +29,9 @@ pub type WebSocket =
     tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 use crate::auth::Access;
+use crate::connection::{ConnectionHandler, InboundFrame, Refusal, close_code};
 use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::peer::{InboundFrame, Peer, Refusal, close_code};
 use crate::room::{ConnectionId, Subscription};
 use crate::rooms::RoomLease;
 
@@ -86,8 +86,8 @@ impl From<Refusal> for End {
 ///
 /// Not an `async fn`: the session is built here and moved into the returned future once, and
 /// the lease and settings are borrowed from the task that owns them. An `async fn` keeps its
-/// arguments in its future beside the locals they are moved into, which made every idle
-/// connection's task hold the socket three times (see *Idle memory* in `BENCHMARKS.md`).
+/// arguments in its future beside the locals they are moved into, so every idle connection's
+/// task would hold the socket three times (see *Idle memory* in `BENCHMARKS.md`).
 pub fn run<'a>(
     socket: WebSocket,
     lease: &'a RoomLease,
@@ -106,7 +106,7 @@ pub fn run<'a>(
     });
     let mut session = Session {
         socket,
-        peer: Peer::new(
+        handler: ConnectionHandler::new(
             room,
             settings.access,
             &MessageBudgets::with_update_rate(settings.max_updates_per_sec),
@@ -149,7 +149,7 @@ pub fn run<'a>(
 struct Session {
     socket: WebSocket,
     /// What the client's messages do to the room.
-    peer: Peer,
+    handler: ConnectionHandler,
     connection: ConnectionId,
     /// Whether the session already left the room (see [`Session::leave`]).
     left: bool,
@@ -172,9 +172,9 @@ impl Session {
     /// Leaves the room: removes the member and the awareness states it controlled.
     fn leave(&mut self) {
         if !std::mem::replace(&mut self.left, true) {
-            self.peer
+            self.handler
                 .room()
-                .unsubscribe(self.connection, self.peer.controlled());
+                .unsubscribe(self.connection, self.handler.controlled());
         }
     }
 
@@ -219,7 +219,7 @@ impl Session {
                     Some(frame) => self.send_queued(frame, &mut subscription.updates).await,
                     // The room dropped us: either we lagged or the room is gone.
                     None if subscription.signals.lagged() => Err(lagged()),
-                    None if subscription.signals.closed() => {
+                    None if subscription.signals.deleted() => {
                         Err(End::close(close_code::ROOM_DELETED, "room deleted"))
                     }
                     None => Err(End::close(close_code::GOING_AWAY, "room closed")),
@@ -299,10 +299,10 @@ impl Session {
     /// Handles one inbound binary frame, sending each reply as it is made.
     async fn handle(&mut self, frame: Bytes) -> Result<(), End> {
         let mut messages = InboundFrame::new(&frame);
-        while let Some(reply) = self.peer.next_reply(&mut messages)? {
+        while let Some(reply) = self.handler.next_reply(&mut messages)? {
             self.send(reply).await?;
         }
-        if self.peer.room().members_behind() {
+        if self.handler.room().members_behind() {
             // Let the readers' sessions run before taking the next update.
             tokio::task::yield_now().await;
         }
@@ -338,7 +338,7 @@ impl Session {
     ) -> Result<(), End> {
         if subscription.signals.take_awareness_dropped() {
             while subscription.awareness.try_recv().is_ok() {}
-            match self.peer.room().awareness_snapshot() {
+            match self.handler.room().awareness_snapshot() {
                 Some(snapshot) => self.send(snapshot).await,
                 None => self.send(frame).await,
             }

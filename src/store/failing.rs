@@ -1,4 +1,4 @@
-//! A store that fails or waits on demand: a [`DocStore`] wrapper whose appends, compactions
+//! A store that fails or waits on demand: a [`RoomStore`] wrapper whose appends, compactions
 //! and flushes can be switched to fail, and which runs a hook before every operation (to hold
 //! a write on its way, slow loads down, count them) and can rewrite what loads return. It tests
 //! how rooms and the server handle a store that refuses writes (a full disk) and recovers, and
@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{DocStore, RoomStats, StoredDoc};
-use crate::error::StoreError;
+use super::StoreError;
+use super::{RoomStats, RoomStore, StoredDoc};
 
 /// The calls a [`FailingStore`] hook sees, before they reach the inner store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ type LoadMap = Box<dyn Fn(&str, StoredDoc) -> StoredDoc + Send + Sync>;
 
 /// Wraps a store; every operation passes through unless its switch is on.
 pub struct FailingStore {
-    inner: Arc<dyn DocStore>,
+    inner: Arc<dyn RoomStore>,
     /// Runs before every [`StoreCall`] (with the room's name; empty for a flush).
     before: Option<Hook>,
     /// Rewrites what a load returns.
@@ -46,7 +46,7 @@ impl std::fmt::Debug for FailingStore {
 }
 
 impl FailingStore {
-    pub fn new(inner: Arc<dyn DocStore>) -> FailingStore {
+    pub fn new(inner: Arc<dyn RoomStore>) -> FailingStore {
         FailingStore {
             inner,
             before: None,
@@ -116,7 +116,7 @@ impl FailingStore {
     }
 }
 
-impl DocStore for FailingStore {
+impl RoomStore for FailingStore {
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
         self.run_hook(StoreCall::Load, room);
         let stored = self.inner.load(room)?;

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::error::StoreError;
+use super::StoreError;
 use crate::metrics::Metrics;
 
 /// The store operation that failed, as the `op` label of `ycord_store_errors_total`.

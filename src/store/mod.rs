@@ -1,4 +1,4 @@
-//! Document storage: the [`DocStore`] trait and its sled implementation.
+//! Document storage: the [`RoomStore`] trait and its sled implementation.
 //!
 //! A room's stored state is a snapshot (a full v1 update, compressed) plus an append-only log of
 //! the updates applied since. Loading applies the snapshot, then the log in order. Compaction
@@ -15,10 +15,43 @@ mod sled_store;
 pub use failing::{FailingStore, StoreCall};
 pub use health::{StoreHealth, StoreOp};
 pub use sled_store::{SledStore, encode_log_entry};
+// The key layout, for the fuzz target that plants raw records (`crate::fuzzing`).
+pub(crate) use sled_store::{encode_snapshot, log_key, room_prefix, snapshot_key};
 
 use bytes::Bytes;
 
-use crate::error::StoreError;
+use thiserror::Error;
+
+/// A failure of the document store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("storage task failed: {0}")]
+    Task(String),
+    /// The room has a tombstone: writes to it are refused until it is undeleted.
+    #[error("room {0:?} was deleted")]
+    RoomDeleted(String),
+    /// A write failed earlier and the store has not recovered yet: writes are refused.
+    #[error("the store refuses writes until it recovers from an earlier failure")]
+    Failing,
+    /// A write refused on purpose by [`crate::store::FailingStore`].
+    #[error("{op} refused by the failing test store")]
+    Injected { op: &'static str },
+    /// Refused before writing: too little free disk space for a large value (see
+    /// `SledStore`'s blob guard).
+    #[error("{needed} bytes of free disk space needed for a {len}-byte value, {available} free")]
+    NoSpace {
+        len: usize,
+        needed: u64,
+        available: u64,
+    },
+    /// A store operation did not finish in time (a flush wedged on a full disk).
+    #[error("{op} did not finish within {seconds} s")]
+    TimedOut { op: &'static str, seconds: u64 },
+}
 
 /// What the store holds for one room.
 #[derive(Debug, Default)]
@@ -49,7 +82,7 @@ pub struct RoomStats {
 /// Persistence for room documents. Implementations must make `compact` atomic: a crash leaves
 /// either the old snapshot and log or the new ones, never a mix that loses updates. `delete`
 /// must be atomic too, and final until `undelete`.
-pub trait DocStore: Send + Sync + 'static {
+pub trait RoomStore: Send + Sync + 'static {
     /// Reads a room's snapshot and log. A room never stored loads as empty.
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
 

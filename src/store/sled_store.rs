@@ -22,7 +22,7 @@
 //! `deletions` shared, deletion and undeletion hold it exclusively.
 //!
 //! A log entry holds one or more updates, so that a room can write a burst of edits with one
-//! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room.rs`).
+//! sled insert instead of one per keystroke (`MAX_UNWRITTEN_UPDATES` in `room/persistence.rs`).
 //!
 //! The snapshot key sorts before the room's log keys, and log keys sort by sequence number, so
 //! loading a room is one prefix scan. `through_seq` is the last log sequence the snapshot
@@ -37,8 +37,8 @@ use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
 use yrs::encoding::write::Write;
 
-use super::{DocStore, RoomStats, StoredDoc};
-use crate::error::StoreError;
+use super::StoreError;
+use super::{RoomStats, RoomStore, StoredDoc};
 
 const TREE: &str = "docs";
 /// Written by the readiness probe, in sled's default tree (never in `docs`).
@@ -65,17 +65,17 @@ const BLOB_SPACE_MARGIN: u64 = 1 << 20;
 /// `u64::MAX`, where new entries overwrite each other (fuzzer finding `snapshot-through-seq-max`).
 const MAX_SEQ: u64 = 1 << 63;
 
-/// sled-backed [`DocStore`]. Cloning shares the same database.
+/// sled-backed [`RoomStore`]. Cloning shares the same database.
 #[derive(Clone, Debug)]
 pub struct SledStore {
     /// The open database; `None` between dropping a failed one and reopening it.
     open: Arc<RwLock<Option<Handles>>>,
-    /// Where the database lives, to reopen it ([`DocStore::recover`]); `None` for a temporary one.
+    /// Where the database lives, to reopen it ([`RoomStore::recover`]); `None` for a temporary one.
     dir: Option<PathBuf>,
     /// Held while flushing: concurrent flushes can deadlock in sled 0.34 (upstream
     /// spacejam/sled#1308), so the periodic flusher and the shutdown take turns. (The shutdown
     /// hang once blamed on this was sled leaking a failed blob write; see
-    /// `MAX_UNWRITTEN_BYTES` in `room.rs`.)
+    /// `MAX_UNWRITTEN_BYTES` in `room/persistence.rs`.)
     flushing: Arc<Mutex<()>>,
     /// Orders writes against deletions (see the module documentation): held shared by
     /// `append` and `compact` from their tombstone check through their write, exclusively by
@@ -136,7 +136,7 @@ impl SledStore {
     /// tmpfs, a 900 KB snapshot failed and the next flush never returned, so the store could
     /// not even be reopened. Checking the free space first turns that into an ordinary error
     /// the rooms retry. Small values are written inline, where a full disk makes sled fail
-    /// every operation until it is reopened ([`DocStore::recover`]).
+    /// every operation until it is reopened ([`RoomStore::recover`]).
     fn ensure_space_for(&self, len: usize) -> Result<(), StoreError> {
         let Some(dir) = &self.dir else {
             return Ok(());
@@ -176,7 +176,8 @@ impl Handles {
     }
 }
 
-fn room_prefix(room: &str) -> Vec<u8> {
+/// `u16be(len(name)) name`: where every key of a room starts.
+pub(crate) fn room_prefix(room: &str) -> Vec<u8> {
     // Room names are at most `MAX_ROOM_NAME_BYTES` long, far below u16::MAX; a longer one is a
     // caller bug, so clamp rather than wrap.
     let len = u16::try_from(room.len()).unwrap_or(u16::MAX);
@@ -186,13 +187,15 @@ fn room_prefix(room: &str) -> Vec<u8> {
     key
 }
 
-fn snapshot_key(room: &str) -> Vec<u8> {
+/// The key of a room's snapshot.
+pub(crate) fn snapshot_key(room: &str) -> Vec<u8> {
     let mut key = room_prefix(room);
     key.push(KIND_SNAPSHOT);
     key
 }
 
-fn log_key(room: &str, seq: u64) -> Vec<u8> {
+/// The key of a room's log entry `seq`.
+pub(crate) fn log_key(room: &str, seq: u64) -> Vec<u8> {
     let mut key = room_prefix(room);
     key.push(KIND_LOG);
     key.extend_from_slice(&seq.to_be_bytes());
@@ -282,7 +285,8 @@ pub(crate) fn decode_snapshot(key: &[u8], value: &[u8]) -> Result<Snapshot, Stor
     })
 }
 
-fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<u8> {
+/// A snapshot's value: the format byte, the header, the lz4-compressed update.
+pub(crate) fn encode_snapshot(through_seq: u64, last_change_ms: u64, update: &[u8]) -> Vec<u8> {
     let compressed = lz4_flex::compress_prepend_size(update);
     let mut value = Vec::with_capacity(SNAPSHOT_HEADER + compressed.len());
     value.push(SNAPSHOT_FORMAT);
@@ -331,7 +335,7 @@ fn log_seq(key: &[u8], prefix_len: usize) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
-impl DocStore for SledStore {
+impl RoomStore for SledStore {
     fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
         let Handles { docs, .. } = self.handles()?;
         let mut doc = StoredDoc::default();

@@ -1,5 +1,6 @@
 //! Test helpers: a real ycord server on port 0 with its data in a temporary directory, and a
-//! minimal y-websocket client built on yrs over a real WebSocket.
+//! y-websocket client over a real WebSocket: the load tool's shared client (`ycord_tools`) for
+//! connecting, framing and decoding, with a background reader that records what the server sent.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -11,13 +12,13 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 pub mod node;
 
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use ycord::protocol::{self, Inbound};
 use ycord::{ServeConfig, Server};
+use ycord_tools::client::{ClientOptions, Socket, apply_update};
+use ycord_tools::wire::{Endpoint, Event};
 use yrs::sync::Awareness;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
@@ -52,7 +53,7 @@ impl TestServer {
     /// directory as usual: drop every other handle to the store before one.
     pub async fn start_with_store(
         adjust: impl FnOnce(&mut ServeConfig),
-        make_store: impl FnOnce(&ServeConfig) -> Arc<dyn ycord::store::DocStore>,
+        make_store: impl FnOnce(&ServeConfig) -> Arc<dyn ycord::store::RoomStore>,
     ) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = ServeConfig::for_tests(dir.path().join("data"));
@@ -138,8 +139,6 @@ impl Drop for TestServer {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// What the client's reader saw.
 #[derive(Default)]
 pub struct Seen {
@@ -155,6 +154,8 @@ pub struct Seen {
 
 /// A y-websocket client: a yrs document kept in sync with a room.
 pub struct Client {
+    /// The room, as the shared client frames its messages.
+    endpoint: Endpoint,
     pub doc: Doc,
     pub awareness: Arc<Mutex<Awareness>>,
     sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
@@ -178,20 +179,27 @@ impl Client {
 
     /// Connects without sending anything.
     pub async fn connect_raw(url: &str, doc: Doc) -> Client {
-        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        let options = ClientOptions {
+            connect_timeout: WAIT,
+            sync_timeout: WAIT,
+            small_buffers: false,
+        };
+        let socket = ycord_tools::client::connect(url, &options)
             .await
-            .expect("connect in time")
             .expect("connect");
+        let endpoint = Endpoint::y_websocket(url);
         let (sink, stream) = socket.split();
         let awareness = Arc::new(Mutex::new(Awareness::new(Doc::new())));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let reader = tokio::spawn(read_loop(
             stream,
+            endpoint.clone(),
             doc.clone(),
             awareness.clone(),
             seen.clone(),
         ));
         Client {
+            endpoint,
             doc,
             awareness,
             sink: tokio::sync::Mutex::new(sink),
@@ -202,15 +210,16 @@ impl Client {
 
     pub async fn send_sync_step1(&self) {
         let state_vector = self.doc.transact().state_vector().encode_v1();
-        self.send_raw(protocol::encode_sync_step1(&state_vector).to_vec())
-            .await;
+        for message in self.endpoint.opening(&state_vector) {
+            self.send_raw(message.to_vec()).await;
+        }
         // SyncStep2 carrying our state, for offline edits; the server's own SyncStep1 would
         // ask for it too, but answering up front keeps the helper simple.
         let update = self
             .doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
-        self.send_raw(protocol::encode_sync_step2(&update).to_vec())
+        self.send_raw(self.endpoint.sync_step2(&update).to_vec())
             .await;
     }
 
@@ -230,8 +239,7 @@ impl Client {
             change(&mut txn);
             txn.encode_update_v1()
         };
-        self.send_raw(protocol::encode_update(&update).to_vec())
-            .await;
+        self.send_raw(self.endpoint.update(&update).to_vec()).await;
     }
 
     /// Sets this client's awareness state and sends it.
@@ -290,6 +298,7 @@ impl Client {
 
 async fn read_loop(
     mut stream: SplitStream<Socket>,
+    endpoint: Endpoint,
     doc: Doc,
     awareness: Arc<Mutex<Awareness>>,
     seen: Arc<Mutex<Seen>>,
@@ -298,16 +307,17 @@ async fn read_loop(
         let Ok(message) = message else { break };
         match message {
             Message::Binary(frame) => {
-                for inbound in protocol::decode_frame(&frame) {
-                    match inbound.expect("server sends well-formed messages") {
-                        Inbound::SyncStep2(update) | Inbound::Update(update) => {
-                            let update = Update::decode_v1(update).expect("valid update");
-                            doc.transact_mut().apply_update(update).expect("applies");
-                            if frame[1] == 1 {
-                                seen.lock().unwrap().synced = true;
-                            }
+                let events = endpoint
+                    .decode(&frame)
+                    .expect("server sends well-formed messages");
+                for event in events {
+                    match event {
+                        Event::SyncStep2(update) => {
+                            apply_update(&doc, update).expect("valid update");
+                            seen.lock().unwrap().synced = true;
                         }
-                        Inbound::Awareness(payload) => {
+                        Event::Update(update) => apply_update(&doc, update).expect("valid update"),
+                        Event::Awareness(payload) => {
                             let update = AwarenessUpdate::decode_v1(payload).expect("awareness");
                             awareness
                                 .lock()
@@ -482,7 +492,7 @@ pub fn awareness_entries(frame: &[u8]) -> Option<std::collections::HashMap<u64, 
 /// The text `name` of a document rebuilt from what the store holds for `room` (snapshot, then
 /// log in order), as the server would load it.
 pub fn stored_text(store: &ycord::store::SledStore, room: &str, name: &str) -> String {
-    use ycord::store::DocStore;
+    use ycord::store::RoomStore;
     let stored = store.load(room).expect("store loads");
     assert!(
         stored.corrupt.is_empty(),

@@ -183,13 +183,14 @@ fn apply_frame(endpoint: &Endpoint, doc: &Doc, frame: &[u8]) -> Result<FrameEven
             }
             Event::Denied(reason) => events.denied = Some(reason),
             Event::Closed(reason) => events.closed = Some(reason),
-            Event::Authenticated | Event::Other => {}
+            Event::Authenticated | Event::Awareness(_) | Event::Other => {}
         }
     }
     Ok(events)
 }
 
-fn apply_update(doc: &Doc, update: &[u8]) -> Result<(), String> {
+/// Decodes a v1 update and applies it to `doc`; why not, if it cannot.
+pub fn apply_update(doc: &Doc, update: &[u8]) -> Result<(), String> {
     let update = Update::decode_v1(update).map_err(|error| format!("invalid update: {error}"))?;
     doc.transact_mut()
         .apply_update(update)

@@ -2,9 +2,34 @@
 //! parameters: its checks pass against a correct server, and an unreachable target is a clear
 //! error.
 
-mod common;
-
 use std::process::Output;
+
+use ycord::{ServeConfig, Server};
+
+/// An in-process ycord on port 0 with its data in a temporary directory; stopped when dropped.
+struct TestServer {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ServeConfig::for_tests(dir.path().join("data"));
+        let server = Server::start(config).await.expect("server starts");
+        TestServer { server, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.server.local_addr())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.shutdown();
+    }
+}
 
 async fn bench(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_ycord-bench"))
@@ -26,7 +51,7 @@ fn describe(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_delivers_every_edit_to_every_other_client() {
-    let server = common::TestServer::start().await;
+    let server = TestServer::start().await;
     let url = server.url();
     let output = bench(&[
         "edit",
@@ -56,7 +81,7 @@ async fn edit_delivers_every_edit_to_every_other_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_readers_end_with_the_trace_text() {
-    let server = common::TestServer::start().await;
+    let server = TestServer::start().await;
     let url = server.url();
     let output = bench(&[
         "replay",

@@ -110,13 +110,23 @@ fn load_gzipped_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, T
     })
 }
 
-/// Where the traces live: `benches/data/` inside this repository, so a clone has everything its
-/// tests and benches read. `YCORD_TRACES_DIR` points elsewhere (e.g. a folder of other traces in
-/// the same format for `ycord-bench`).
+/// Where the traces live: the repository's `benches/data/`, so a clone has everything its tests
+/// and benches read. This crate sits in the repository's `tools/`, hence the parent of its
+/// manifest directory. `YCORD_TRACES_DIR` points elsewhere (e.g. a folder of other traces in the
+/// same format for `ycord-bench`).
 pub fn traces_dir() -> PathBuf {
     std::env::var_os("YCORD_TRACES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/data"))
+}
+
+/// `trace`, or else the automerge-paper trace in [`traces_dir`]: what the load tool replays
+/// unless told otherwise.
+pub fn trace_or_default(trace: Option<&Path>) -> PathBuf {
+    trace.map_or_else(
+        || traces_dir().join("automerge-paper.json.gz"),
+        Path::to_path_buf,
+    )
 }
 
 /// A concurrent editing trace (`friendsforever`) as stored on disk: `{kind: "concurrent",

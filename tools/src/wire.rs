@@ -1,4 +1,4 @@
-//! The two wire protocols the load tool speaks, and nothing else: where a room's socket is,
+//! The two wire protocols the shared client speaks, and nothing else: where a room's socket is,
 //! what a client sends on open, how its Sync messages are framed, and what the server's
 //! frames mean. Client code asks an [`Endpoint`] and never looks at the protocol itself.
 //!
@@ -85,13 +85,16 @@ pub enum Event<'a> {
     SyncStep2(&'a [u8]),
     /// An incremental change (a v1 update).
     Update(&'a [u8]),
+    /// y-websocket: an awareness update (its payload), for clients that track presence.
+    Awareness(&'a [u8]),
     /// Hocuspocus: the document's session may start.
     Authenticated,
     /// Hocuspocus: the server refused the document (PermissionDenied).
     Denied(String),
     /// Hocuspocus: the server ended the document's session (CLOSE).
     Closed(String),
-    /// Nothing the client acts on: awareness, acknowledgements, pings, other documents.
+    /// Nothing the client acts on: acknowledgements, pings, other documents, Hocuspocus
+    /// awareness.
     Other,
 }
 
@@ -122,6 +125,17 @@ impl Endpoint {
             url,
             room,
             prefix,
+        }
+    }
+
+    /// A y-websocket room at its full URL (`base/room`), for callers that already have one.
+    pub fn y_websocket(url: &str) -> Endpoint {
+        let room = url.rsplit_once('/').map_or("", |(_, room)| room).to_owned();
+        Endpoint {
+            protocol: Protocol::YWebsocket,
+            url: url.to_owned(),
+            room,
+            prefix: Vec::new(),
         }
     }
 
@@ -259,7 +273,8 @@ fn decode_sync(frame: &[u8]) -> Result<Vec<Event<'_>>, String> {
                     Inbound::SyncStep1(state_vector) => Event::SyncStep1(state_vector),
                     Inbound::SyncStep2(update) => Event::SyncStep2(update),
                     Inbound::Update(update) => Event::Update(update),
-                    Inbound::Awareness(_) | Inbound::QueryAwareness | Inbound::Auth => Event::Other,
+                    Inbound::Awareness(payload) => Event::Awareness(payload),
+                    Inbound::QueryAwareness | Inbound::Auth => Event::Other,
                 })
                 .map_err(|error| format!("malformed frame: {error}"))
         })
@@ -284,6 +299,17 @@ mod tests {
             vec![Bytes::from_static(&[0, 0, 1, 0])]
         );
         assert!(endpoint.keepalive().is_none());
+    }
+
+    #[test]
+    fn a_full_url_is_the_same_y_websocket_room() {
+        let endpoint = Endpoint::y_websocket("ws://h:1/r");
+        assert_eq!(endpoint.url(), "ws://h:1/r");
+        assert_eq!(endpoint.update(&[5]).as_ref(), [0, 2, 1, 5]);
+        assert_eq!(
+            endpoint.decode(&[1, 1, 0]).unwrap(),
+            vec![Event::Awareness(&[0])]
+        );
     }
 
     /// The bytes the stock @hocuspocus/provider 4.8 sent for document "doc1", captured from

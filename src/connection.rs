@@ -14,11 +14,12 @@ use bytes::Bytes;
 use yrs::ClientID;
 
 use crate::auth::Access;
-use crate::error::{ApplyError, StoreError};
 use crate::limit::{MessageBudgets, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
+use crate::room::ApplyError;
 use crate::room::Room;
+use crate::store::StoreError;
 
 /// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
 pub mod close_code {
@@ -60,7 +61,7 @@ impl Refusal {
 }
 
 /// One connection's side of a room.
-pub struct Peer {
+pub struct ConnectionHandler {
     room: Arc<Room>,
     access: Access,
     /// Awareness client IDs this connection set; removed from the room when it ends.
@@ -77,7 +78,7 @@ pub struct Peer {
 /// per-message work, and refused however its messages are metered.
 pub const MAX_MESSAGES_PER_FRAME: usize = 16;
 
-/// Where a connection is in one inbound frame (see [`Peer::next_reply`]).
+/// Where a connection is in one inbound frame (see [`ConnectionHandler::next_reply`]).
 pub struct InboundFrame<'a> {
     messages: protocol::FrameMessages<'a>,
     /// Messages decoded so far.
@@ -152,14 +153,14 @@ impl Budget {
     }
 }
 
-impl Peer {
+impl ConnectionHandler {
     pub fn new(
         room: Arc<Room>,
         access: Access,
         budgets: &MessageBudgets,
         metrics: Arc<Metrics>,
-    ) -> Peer {
-        Peer {
+    ) -> ConnectionHandler {
+        ConnectionHandler {
             room,
             access,
             controlled: HashSet::new(),
@@ -379,22 +380,16 @@ mod tests {
     use super::*;
     use crate::room::RoomConfig;
     use crate::store::SledStore;
-    use std::time::Duration;
     use yrs::updates::encoder::Encode;
     use yrs::{Doc, StateVector, Text, Transact};
 
-    fn peer() -> Peer {
-        let config = RoomConfig {
-            compact_log_updates: u64::MAX,
-            compact_log_bytes: u64::MAX,
-            max_doc_bytes: u64::MAX,
-            awareness_timeout: Duration::from_secs(30),
-        };
+    fn handler() -> ConnectionHandler {
+        let config = RoomConfig::without_limits();
         let store = Arc::new(SledStore::temporary().unwrap());
         let metrics = Arc::new(Metrics::new());
         let room = Room::load("room".into(), store, config, metrics.clone(), None).unwrap();
         let budgets = MessageBudgets::with_update_rate(1000);
-        Peer::new(Arc::new(room), Access::ReadWrite, &budgets, metrics)
+        ConnectionHandler::new(Arc::new(room), Access::ReadWrite, &budgets, metrics)
     }
 
     fn an_update() -> Vec<u8> {
@@ -407,7 +402,7 @@ mod tests {
 
     #[test]
     fn each_reply_comes_back_before_the_next_message_is_handled() {
-        let mut peer = peer();
+        let mut handler = handler();
         let empty = StateVector::default().encode_v1();
         let frame = [
             protocol::encode_sync_step1(&empty).to_vec(),
@@ -416,23 +411,23 @@ mod tests {
         ]
         .concat();
         let mut messages = InboundFrame::new(&frame);
-        let first = peer.next_reply(&mut messages).unwrap().unwrap();
+        let first = handler.next_reply(&mut messages).unwrap().unwrap();
         // The update after the first request is not applied yet.
-        let room_state = || peer.room().encode_state();
+        let room_state = || handler.room().encode_state();
         assert_eq!(room_state(), vec![0, 0]);
         assert_eq!(first, protocol::encode_sync_step2(&[0, 0]));
-        let second = peer.next_reply(&mut messages).unwrap().unwrap();
+        let second = handler.next_reply(&mut messages).unwrap().unwrap();
         assert_ne!(second, first, "the second reply holds the update");
-        assert!(peer.next_reply(&mut messages).unwrap().is_none());
+        assert!(handler.next_reply(&mut messages).unwrap().is_none());
     }
 
     #[test]
     fn a_frame_of_more_messages_than_allowed_is_refused() {
-        let mut peer = peer();
+        let mut handler = handler();
         let frame = protocol::encode_query_awareness().repeat(MAX_MESSAGES_PER_FRAME);
-        assert_eq!(peer.handle_frame(&frame, drop), Ok(()));
+        assert_eq!(handler.handle_frame(&frame, drop), Ok(()));
         let frame = protocol::encode_query_awareness().repeat(MAX_MESSAGES_PER_FRAME + 1);
-        let refusal = peer.handle_frame(&frame, drop).unwrap_err();
+        let refusal = handler.handle_frame(&frame, drop).unwrap_err();
         assert_eq!(refusal.code, close_code::POLICY_VIOLATION);
     }
 }

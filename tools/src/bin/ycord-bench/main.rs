@@ -2,14 +2,12 @@
 //! `@y/websocket-server`, ...) or a Hocuspocus server with real yrs clients over real
 //! WebSockets and reports throughput, latency, delivery, and the server's CPU and memory.
 //!
-//! One module per concept: [`target`] (URL, rooms, timeouts, the server process), [`client`]
-//! (a client keeping a document in sync), [`wire`] (y-websocket or Hocuspocus framing),
-//! [`latency`], [`procfs`], [`progress`], [`report`], [`random`], [`error`], and one module per
-//! subcommand ([`edit`], [`replay`], [`idle`], [`storm`]).
+//! One module per concept: [`target`] (URL, rooms, timeouts, the server process),
+//! [`latency`], [`procfs`], [`progress`], [`report`], [`random`], and one module per subcommand
+//! ([`edit`], [`replay`], [`idle`], [`storm`]). The client keeping a document in sync
+//! ([`client`]), its framing ([`wire`]) and its errors ([`error`]) are `ycord_tools`' library.
 
-mod client;
 mod edit;
-mod error;
 mod idle;
 mod latency;
 mod procfs;
@@ -19,7 +17,9 @@ mod replay;
 mod report;
 mod storm;
 mod target;
-mod wire;
+
+// The client, its wire formats and its errors are the library's, shared with the server's tests.
+use ycord_tools::{client, error, wire};
 
 use std::process::ExitCode;
 

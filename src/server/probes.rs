@@ -1,5 +1,6 @@
-//! Plain HTTP endpoints: health, readiness and metrics, and the helpers that turn errors into
-//! JSON responses.
+//! The endpoints infrastructure probes: `GET /healthz` (the process answers), `GET /readyz`
+//! (it can take writes) and `GET /metrics` (admin token when auth is on), plus the separate
+//! `--metrics-listen` listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,66 +8,13 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::{Shared, auth_reason};
-use crate::auth::{AuthError, token_from_request};
-use crate::metrics::Metrics;
+use super::request::{credentials, json_error, json_reply, require_admin};
+use super::shared::Shared;
 use crate::store::StoreOp;
 
-/// Extracts the request's token (`?token=` or `Authorization: Bearer`), if any.
-pub(super) fn credentials()
--> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
-    let query = warp::query::raw()
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify();
-    query
-        .and(warp::header::optional::<String>("authorization"))
-        .map(|query: Option<String>, authorization: Option<String>| {
-            token_from_request(query.as_deref(), authorization.as_deref())
-        })
-}
-
-/// A JSON error body `{"error": message}` with `status`.
-pub(super) fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": message })),
-        status,
-    )
-    .into_response()
-}
-
-/// 401 for a missing, invalid or expired token; 403 for a valid token without the right.
-pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::Response {
-    metrics
-        .auth_failures
-        .get_or_create(&auth_reason(error))
-        .inc();
-    let status = if error.is_unauthenticated() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::FORBIDDEN
-    };
-    json_error(status, &error.to_string())
-}
-
-/// Checks an admin token when auth is on; the refusal is the response to send.
-pub(super) fn require_admin(shared: &Shared, token: Option<&str>) -> Option<warp::reply::Response> {
-    let auth = shared.auth.as_ref()?;
-    let error = auth.authorize_admin(token).err()?;
-    Some(auth_error(&shared.metrics, &error))
-}
-
-type WithShared = warp::filters::BoxedFilter<(Arc<Shared>,)>;
-
 pub(super) fn routes(
-    with_shared: impl Filter<Extract = (Arc<Shared>,), Error = Infallible>
-    + Clone
-    + Send
-    + Sync
-    + 'static,
-    max_body_bytes: u64,
+    with_shared: warp::filters::BoxedFilter<(Arc<Shared>,)>,
 ) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
-    let with_shared: WithShared = with_shared.boxed();
     let healthz = warp::get()
         .and(warp::path!("healthz"))
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
@@ -74,20 +22,12 @@ pub(super) fn routes(
         .and(warp::path!("readyz"))
         .and(with_shared.clone())
         .then(readyz);
-    let with_shared_api = with_shared.clone();
     let metrics = warp::get()
         .and(warp::path!("metrics"))
         .and(credentials())
         .and(with_shared)
         .then(metrics);
-    healthz
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(super::api::routes(with_shared_api, max_body_bytes))
-        .unify()
-        .boxed()
+    healthz.or(readyz).unify().or(metrics).unify().boxed()
 }
 
 async fn readyz(shared: Arc<Shared>) -> warp::reply::Response {
@@ -112,11 +52,7 @@ async fn readyz(shared: Arc<Shared>) -> warp::reply::Response {
 }
 
 fn ready_reply(status: StatusCode, state: &str) -> warp::reply::Response {
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "status": state })),
-        status,
-    )
-    .into_response()
+    json_reply(status, &serde_json::json!({ "status": state }))
 }
 
 async fn metrics(token: Option<String>, shared: Arc<Shared>) -> warp::reply::Response {
@@ -127,7 +63,7 @@ async fn metrics(token: Option<String>, shared: Arc<Shared>) -> warp::reply::Res
 }
 
 /// The metrics as Prometheus text, with the storage size sampled now.
-pub(super) async fn render_metrics(shared: &Arc<Shared>) -> warp::reply::Response {
+async fn render_metrics(shared: &Arc<Shared>) -> warp::reply::Response {
     let store = shared.rooms.store().clone();
     if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || store.size_on_disk()).await {
         shared.metrics.storage_bytes.set(bytes);

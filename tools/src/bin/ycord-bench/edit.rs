@@ -18,7 +18,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::time::Instant;
-use ycord::trace::TEXT_NAME;
+use ycord_tools::trace::TEXT_NAME;
 use yrs::{ClientID, Doc, GetString, ReadTxn, Text, TextRef, Transact};
 
 use crate::client::{Connection, Disconnect, rejoin};

@@ -11,7 +11,7 @@
 //! remove.
 //!
 //! ```sh
-//! cargo run --release --example relay_floor -- 127.0.0.1:18090 &
+//! cargo run --release -p ycord-tools --example relay_floor -- 127.0.0.1:18090 &
 //! target/release/ycord-bench edit --url ws://127.0.0.1:18090 --rooms 20 --clients 5 \
 //!   --hz 10 --seconds 20 --server-pid $!
 //! ```

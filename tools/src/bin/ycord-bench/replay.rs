@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
+use ycord_tools::trace::{SequentialTrace, TEXT_NAME, trace_or_default};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
 use crate::client::{ClientOptions, Connection, Disconnect, rejoin};
@@ -137,10 +137,7 @@ struct ReaderOutcome {
 
 pub async fn run(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
     let target = Target::new(&args.target)?;
-    let path = args
-        .trace
-        .clone()
-        .unwrap_or_else(|| traces_dir().join("automerge-paper.json.gz"));
+    let path = trace_or_default(args.trace.as_deref());
     note(
         target.quiet,
         format_args!("replay: loading {}", path.display()),

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use ycord::trace::TEXT_NAME;
+use ycord_tools::trace::TEXT_NAME;
 use yrs::{Doc, Text, Transact};
 
 use crate::client::{Connection, Disconnect, hold};

@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use ycord::trace::{SequentialTrace, TEXT_NAME, traces_dir};
+use ycord_tools::trace::{SequentialTrace, TEXT_NAME, trace_or_default};
 use yrs::{Doc, GetString, ReadTxn, StateVector, Transact};
 
 use crate::client::{Connection, Disconnect, Held, hold};
@@ -87,10 +87,7 @@ struct JoinerOutcome {
 
 pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
     let target = Target::new(&args.target)?;
-    let path = args
-        .trace
-        .clone()
-        .unwrap_or_else(|| traces_dir().join("automerge-paper.json.gz"));
+    let path = trace_or_default(args.trace.as_deref());
     note(
         target.quiet,
         format_args!("storm: loading {}", path.display()),

@@ -1,0 +1,114 @@
+//! What every route reads from a request (its token, the room its path names) and how every
+//! route refuses one (a JSON error, an auth failure counted by reason). Imported by the routes
+//! and the admission; it imports none of them.
+
+use percent_encoding::percent_decode_str;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use super::shared::Shared;
+use crate::auth::{AuthError, token_from_request};
+use crate::error::RoomNameError;
+use crate::metrics::{Metrics, Reason};
+use crate::room::MAX_ROOM_NAME_BYTES;
+
+/// Extracts the request's token (`?token=` or `Authorization: Bearer`), if any.
+pub(super) fn credentials()
+-> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    query
+        .and(warp::header::optional::<String>("authorization"))
+        .map(|query: Option<String>, authorization: Option<String>| {
+            token_from_request(query.as_deref(), authorization.as_deref())
+        })
+}
+
+/// The room a request path names: the percent-decoded path after the base path. The query
+/// string is not part of the path warp gives us.
+pub fn room_name(path: &str, base_path: &str) -> Result<String, RoomNameError> {
+    let encoded = path.strip_prefix(base_path).unwrap_or("");
+    let name = percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| RoomNameError::NotUtf8)?;
+    if name.is_empty() {
+        return Err(RoomNameError::Empty);
+    }
+    if name.len() > MAX_ROOM_NAME_BYTES {
+        return Err(RoomNameError::TooLong(name.len()));
+    }
+    Ok(name.into_owned())
+}
+
+/// A JSON body with `status`.
+pub(super) fn json_reply(status: StatusCode, body: &serde_json::Value) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// A JSON error body `{"error": message}` with `status`.
+pub(super) fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
+    json_reply(status, &serde_json::json!({ "error": message }))
+}
+
+/// 401 for a missing, invalid or expired token; 403 for a valid token without the right.
+pub(super) fn auth_status(error: &AuthError) -> StatusCode {
+    if error.is_unauthenticated() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::FORBIDDEN
+    }
+}
+
+/// Label of an auth failure for the metrics.
+pub(super) fn auth_reason(error: &AuthError) -> Reason {
+    Reason {
+        reason: match error {
+            AuthError::Missing => "missing",
+            AuthError::Invalid => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::RoomNotAllowed => "room_not_allowed",
+            AuthError::NotAdmin => "not_admin",
+        },
+    }
+}
+
+/// Counts an auth failure and answers it ([`auth_status`]).
+pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::Response {
+    metrics
+        .auth_failures
+        .get_or_create(&auth_reason(error))
+        .inc();
+    json_error(auth_status(error), &error.to_string())
+}
+
+/// Checks an admin token when auth is on; the refusal is the response to send.
+pub(super) fn require_admin(shared: &Shared, token: Option<&str>) -> Option<warp::reply::Response> {
+    let auth = shared.auth.as_ref()?;
+    let error = auth.authorize_admin(token).err()?;
+    Some(auth_error(&shared.metrics, &error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_are_the_decoded_path_after_the_base() {
+        assert_eq!(room_name("/doc", "/").unwrap(), "doc");
+        assert_eq!(room_name("/file%3Atext/42", "/").unwrap(), "file:text/42");
+        assert_eq!(room_name("/yjs/file:1", "/yjs/").unwrap(), "file:1");
+        assert_eq!(
+            room_name("/other/file:1", "/yjs/"),
+            Err(RoomNameError::Empty)
+        );
+        assert_eq!(room_name("/", "/"), Err(RoomNameError::Empty));
+        assert_eq!(room_name("/%ff", "/"), Err(RoomNameError::NotUtf8));
+        let long = format!("/{}", "x".repeat(MAX_ROOM_NAME_BYTES + 1));
+        assert!(matches!(
+            room_name(&long, "/"),
+            Err(RoomNameError::TooLong(_))
+        ));
+    }
+}
