@@ -11,7 +11,7 @@ use yrs::{
     ClientID, Doc, ID, IdSet, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn,
 };
 
-use super::ApplyError;
+use super::error::ApplyError;
 use crate::protocol::{self, DecodedUpdate};
 
 /// Stored updates applied per transaction when a room loads.
@@ -81,7 +81,7 @@ pub(super) fn apply(
     let integrated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut txn = doc.transact_mut();
         #[cfg(test)]
-        super::tests::panic_hook::maybe_panic();
+        panic_hook::maybe_panic();
         let refusal = integrate(&mut txn, decoded).err();
         (txn.encode_update_v1(), refusal)
     }));
@@ -288,4 +288,25 @@ pub(super) fn release_subdocuments(doc: &Doc) -> bool {
         tracing::warn!(%error, "could not remove a document's subdocuments");
     }
     true
+}
+
+#[cfg(test)]
+/// A panic inside the critical section on demand, for this thread only.
+pub(super) mod panic_hook {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The next update this thread applies panics inside yrs's transaction.
+    pub fn arm() {
+        ARMED.with(|armed| armed.set(true));
+    }
+
+    pub fn maybe_panic() {
+        if ARMED.with(|armed| armed.replace(false)) {
+            panic!("injected panic inside the room's critical section");
+        }
+    }
 }

@@ -15,6 +15,7 @@
 //! [`Room::write_log`]); they are durable at the next flush.
 
 mod document;
+mod error;
 mod members;
 mod persistence;
 
@@ -24,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use thiserror::Error;
 use yrs::sync::Awareness;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::time::{Clock, SystemClock};
@@ -36,65 +36,13 @@ use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::health::Refused;
 use crate::store::{RoomStore, StoreError, StoreHealth};
+pub use error::{ApplyError, MAX_ROOM_NAME_BYTES, RoomNameError};
 use members::Members;
 pub use members::{
     AWARENESS_QUEUE_BYTES, AWARENESS_QUEUE_CAPACITY, BEHIND_WATERMARK, ConnectionId,
     MAX_AWARENESS_CLIENTS, MemberSignals, Subscription, UPDATE_QUEUE_BYTES, UPDATE_QUEUE_CAPACITY,
 };
 use persistence::{Log, SizeCheck};
-
-/// Longest room name accepted, in bytes.
-pub const MAX_ROOM_NAME_BYTES: usize = 1024;
-
-/// A room name the server refuses.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum RoomNameError {
-    #[error("room name is empty")]
-    Empty,
-    #[error("room name is {0} bytes, more than the {MAX_ROOM_NAME_BYTES} allowed")]
-    TooLong(usize),
-    #[error("room name is not valid UTF-8 after percent-decoding")]
-    NotUtf8,
-}
-
-/// Why a room refused an update or an awareness message. The room is unchanged.
-#[derive(Debug, Error)]
-pub enum ApplyError {
-    #[error("invalid update: {0}")]
-    InvalidUpdate(String),
-    #[error("invalid awareness update: {0}")]
-    InvalidAwareness(String),
-    #[error(
-        "the update continues client {client}'s changes at clock {starts_at}, but the document \
-         has them only up to {known}"
-    )]
-    MissingPredecessors {
-        client: u64,
-        known: u32,
-        starts_at: u32,
-    },
-    #[error(
-        "the update refers to client {client}'s changes up to clock {needed}, but the document \
-         has them only up to {known}"
-    )]
-    MissingDependency {
-        client: u64,
-        known: u32,
-        needed: u64,
-    },
-    #[error("the document would grow past its {limit}-byte limit")]
-    DocumentTooLarge { limit: u64 },
-    #[error("storage failed: {0}")]
-    Store(#[from] StoreError),
-    #[error("the room was deleted")]
-    RoomDeleted,
-    /// The server is shutting down: nothing is applied once it began.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-    /// The room was taken out of service after an internal failure (a panic in yrs).
-    #[error("the room failed internally and was taken out of service")]
-    RoomBroken,
-}
 
 /// Tunables of a room, taken from the server configuration.
 #[derive(Debug, Clone)]

@@ -8,26 +8,6 @@ use yrs::encoding::write::Write;
 use yrs::{Doc, Update};
 use yrs::{Map, Text};
 
-/// A panic inside the critical section on demand, for this thread only.
-pub(super) mod panic_hook {
-    use std::cell::Cell;
-
-    thread_local! {
-        static ARMED: Cell<bool> = const { Cell::new(false) };
-    }
-
-    /// The next update this thread applies panics inside yrs's transaction.
-    pub fn arm() {
-        ARMED.with(|armed| armed.set(true));
-    }
-
-    pub fn maybe_panic() {
-        if ARMED.with(|armed| armed.replace(false)) {
-            panic!("injected panic inside the room's critical section");
-        }
-    }
-}
-
 fn room() -> Arc<Room> {
     room_on(Arc::new(SledStore::temporary().unwrap()))
 }
@@ -649,7 +629,7 @@ fn a_panic_while_applying_takes_the_room_out_of_service() {
     let room = room_on(store.clone());
     let (mut subscription, _) = room.subscribe(1);
     room.apply_update(&insert("kept")).unwrap();
-    panic_hook::arm();
+    super::document::panic_hook::arm();
     assert!(matches!(
         room.apply_update(&insert("boom")),
         Err(ApplyError::RoomBroken)
