@@ -118,6 +118,14 @@ pub struct ChangeHandle {
 }
 
 impl ChangeHandle {
+    /// A handle for a document that last changed at `last_change_ms` (0: never recorded).
+    pub fn new(last_change_ms: u64) -> ChangeHandle {
+        ChangeHandle {
+            last_change_ms: AtomicU64::new(last_change_ms),
+            notice_pending: AtomicBool::new(false),
+        }
+    }
+
     /// When the document last changed, ms since the epoch (0: not since it was created).
     pub fn last_change_ms(&self) -> u64 {
         self.last_change_ms.load(Ordering::Acquire)
@@ -228,10 +236,7 @@ impl Room {
             replayed.bytes - snapshot_bytes,
             snapshot_bytes,
         );
-        let changes = Arc::new(ChangeHandle::default());
-        changes
-            .last_change_ms
-            .store(stored.last_change_ms.unwrap_or(0), Ordering::Release);
+        let changes = Arc::new(ChangeHandle::new(stored.last_change_ms.unwrap_or(0)));
         Ok(Room {
             state: Mutex::new(RoomState {
                 awareness: Awareness::new(replayed.doc),

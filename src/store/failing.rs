@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::StoreError;
-use super::{RoomStats, RoomStore, StoredDoc};
+use super::{RoomStats, RoomStore, StoreError, StoredDoc};
 
 /// The calls a [`FailingStore`] hook sees, before they reach the inner store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -62,19 +62,25 @@ fn install_node_deps() -> Result<(), String> {
     }
 }
 
-/// Runs `node <script> <args>` to its end and asserts it passed, showing its stderr if not.
-pub async fn run_node(script: &str, args: &[&str]) {
+/// Starts `node <script> <args>` in tests/interop with stdout and stderr piped, killed when
+/// dropped, once the npm dependencies are there.
+fn spawn_node(script: &str, args: &[&str], stdin: Stdio) -> tokio::process::Child {
     ensure_node_deps();
-    let child = tokio::process::Command::new("node")
+    tokio::process::Command::new("node")
         .arg(interop_dir().join(script))
         .args(args)
         .current_dir(interop_dir())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn node");
+        .expect("spawn node")
+}
+
+/// Runs `node <script> <args>` to its end and asserts it passed, showing its stderr if not.
+pub async fn run_node(script: &str, args: &[&str]) {
+    let child = spawn_node(script, args, Stdio::null());
     let output = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
         Ok(output) => output.expect("wait for node"),
         Err(_) => panic!("{script} did not finish within {SCRIPT_TIMEOUT:?} (killed)"),
@@ -103,17 +109,7 @@ impl NodeScript {
     /// Starts `node <script> <args>` in tests/interop.
     pub fn spawn(script: &str, args: &[&str]) -> NodeScript {
         use tokio::io::AsyncBufReadExt;
-        ensure_node_deps();
-        let mut child = tokio::process::Command::new("node")
-            .arg(interop_dir().join(script))
-            .args(args)
-            .current_dir(interop_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node");
+        let mut child = spawn_node(script, args, Stdio::piped());
         let stdin = child.stdin.take();
         let stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
         let stderr = child.stderr.take().expect("piped");
