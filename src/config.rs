@@ -204,6 +204,10 @@ pub struct Limits {
     #[arg(long, env = "YCORD_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections_per_room: u64,
 
+    /// Most documents one Hocuspocus socket may open; the next gets PermissionDenied.
+    #[arg(long, env = "YCORD_MAX_DOCUMENTS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_documents_per_connection: u64,
+
     /// Most rooms in memory; idle rooms are evicted first, then new rooms are refused (HTTP 503).
     #[arg(long, env = "YCORD_MAX_ROOMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_rooms: u64,

@@ -11,14 +11,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use yrs::ClientID;
+use yrs::{ClientID, StateVector};
 
 use crate::auth::Access;
 use crate::limit::{MessageBudgets, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Inbound};
 use crate::room::ApplyError;
-use crate::room::Room;
+use crate::room::{ConnectionId, Room};
 use crate::store::StoreError;
 
 /// WebSocket close codes (RFC 6455 and `shared/PROTOCOL.md` section 4).
@@ -60,6 +60,18 @@ impl Refusal {
     }
 }
 
+/// What became of a client's update (see [`ConnectionHandler::receive_update`]).
+#[derive(Debug, PartialEq)]
+pub enum UpdateOutcome {
+    /// The room has it: applied now, or known before.
+    Stored,
+    /// Not applied: the connection is read-only.
+    ReadOnly,
+    /// Not applied: it continues changes the room lacks. `resync` is the room's SyncStep1 to
+    /// send the client, when one is due.
+    Gap { resync: Option<Bytes> },
+}
+
 /// One connection's side of a room.
 pub struct ConnectionHandler {
     room: Arc<Room>,
@@ -72,6 +84,10 @@ pub struct ConnectionHandler {
     budgets: Buckets,
     metrics: Arc<Metrics>,
 }
+
+/// Largest stateless message relayed: commands ("follow me", "present") are a few hundred
+/// bytes; documents travel as updates.
+pub const MAX_STATELESS_BYTES: usize = 64 * 1024;
 
 /// Most messages one frame may hold. Yjs clients send one per frame (the y-protocols encoders
 /// write one message per frame); a frame of thousands of small requests is an attack on the
@@ -102,6 +118,8 @@ struct Buckets {
     awareness: TokenBucket,
     awareness_bytes: TokenBucket,
     reply_bytes: TokenBucket,
+    stateless: TokenBucket,
+    stateless_bytes: TokenBucket,
 }
 
 impl Buckets {
@@ -113,6 +131,8 @@ impl Buckets {
             awareness: TokenBucket::new(budgets.awareness_per_sec),
             awareness_bytes: TokenBucket::new(budgets.awareness_bytes_per_sec),
             reply_bytes: TokenBucket::new(budgets.reply_bytes_per_sec),
+            stateless: TokenBucket::new(budgets.stateless_per_sec),
+            stateless_bytes: TokenBucket::new(budgets.stateless_bytes_per_sec),
         }
     }
 
@@ -124,6 +144,8 @@ impl Buckets {
             Budget::Awareness => &mut self.awareness,
             Budget::AwarenessBytes => &mut self.awareness_bytes,
             Budget::ReplyBytes => &mut self.reply_bytes,
+            Budget::Stateless => &mut self.stateless,
+            Budget::StatelessBytes => &mut self.stateless_bytes,
         }
     }
 }
@@ -137,6 +159,8 @@ enum Budget {
     Awareness,
     AwarenessBytes,
     ReplyBytes,
+    Stateless,
+    StatelessBytes,
 }
 
 impl Budget {
@@ -149,6 +173,8 @@ impl Budget {
             Budget::Awareness => ("awareness_rate", "awareness update"),
             Budget::AwarenessBytes => ("awareness_bytes", "awareness bytes"),
             Budget::ReplyBytes => ("reply_bytes", "sync reply bytes"),
+            Budget::Stateless => ("stateless_rate", "stateless message"),
+            Budget::StatelessBytes => ("stateless_bytes", "stateless bytes"),
         }
     }
 }
@@ -226,36 +252,85 @@ impl ConnectionHandler {
     /// Handles one message, returning the reply it calls for, if any.
     fn handle(&mut self, message: Inbound<'_>) -> Result<Option<Bytes>, Refusal> {
         match message {
-            Inbound::SyncStep1(state_vector) => {
-                self.take(Budget::SyncRequests)?;
-                self.check_credit(Budget::ReplyBytes)?;
-                Ok(Some(self.charge_reply(self.room.sync_step2(&state_vector))))
-            }
+            Inbound::SyncStep1(state_vector) => self.sync_step1_reply(&state_vector).map(Some),
             Inbound::SyncStep2(update) => {
-                self.resync_requested = false;
-                self.apply_update(update, false)
+                let outcome = self.receive_update(update, true)?;
+                Ok(self.y_websocket_reply(outcome))
             }
-            Inbound::Update(update) => self.apply_update(update, true),
+            Inbound::Update(update) => {
+                let outcome = self.receive_update(update, false)?;
+                Ok(self.y_websocket_reply(outcome))
+            }
             Inbound::Awareness(payload) => {
-                self.take(Budget::Awareness)?;
-                self.check_credit(Budget::AwarenessBytes)?;
-                self.budgets.awareness_bytes.spend(payload.len() as u64);
-                self.metrics.awareness_received.inc();
-                self.room
-                    .apply_awareness(payload, &mut self.controlled)
-                    .map_err(|error| self.refusal(error))?;
+                self.receive_awareness(payload)?;
                 Ok(None)
             }
-            Inbound::QueryAwareness => {
-                self.take(Budget::AwarenessQueries)?;
-                self.check_credit(Budget::ReplyBytes)?;
-                Ok(self
-                    .room
-                    .awareness_snapshot()
-                    .map(|snapshot| self.charge_reply(snapshot)))
-            }
+            Inbound::QueryAwareness => self.awareness_reply(),
             Inbound::Auth => Ok(None),
         }
+    }
+
+    /// What y-websocket tells a client about its update: a read-only client is told with a
+    /// permission-denied Auth message; a gap is answered with the room's SyncStep1, if due.
+    fn y_websocket_reply(&self, outcome: UpdateOutcome) -> Option<Bytes> {
+        match outcome {
+            UpdateOutcome::Stored => None,
+            UpdateOutcome::ReadOnly => Some(protocol::encode_auth_denied(READ_ONLY_REASON)),
+            UpdateOutcome::Gap { resync } => resync,
+        }
+    }
+
+    /// The answer to a client's SyncStep1 (its SyncStep2), within the request budgets.
+    pub fn sync_step1_reply(&mut self, state_vector: &StateVector) -> Result<Bytes, Refusal> {
+        self.take(Budget::SyncRequests)?;
+        self.check_credit(Budget::ReplyBytes)?;
+        Ok(self.charge_reply(self.room.sync_step2(state_vector)))
+    }
+
+    /// Applies a client's awareness update, within the awareness budgets.
+    pub fn receive_awareness(&mut self, payload: &[u8]) -> Result<(), Refusal> {
+        self.take(Budget::Awareness)?;
+        self.check_credit(Budget::AwarenessBytes)?;
+        self.budgets.awareness_bytes.spend(payload.len() as u64);
+        self.metrics.awareness_received.inc();
+        self.room
+            .apply_awareness(payload, &mut self.controlled)
+            .map_err(|error| self.refusal(error))
+    }
+
+    /// Relays a client's stateless message to the document's other connections, within the
+    /// stateless budgets. Larger than [`MAX_STATELESS_BYTES`] closes the connection (1009).
+    pub fn receive_stateless(
+        &mut self,
+        connection: ConnectionId,
+        payload: &str,
+    ) -> Result<(), Refusal> {
+        if payload.len() > MAX_STATELESS_BYTES {
+            self.metrics.limit_hit("stateless_size");
+            return Err(Refusal::new(
+                close_code::MESSAGE_TOO_BIG,
+                format!(
+                    "stateless message larger than {MAX_STATELESS_BYTES} bytes; do not resend it"
+                ),
+            ));
+        }
+        self.take(Budget::Stateless)?;
+        self.check_credit(Budget::StatelessBytes)?;
+        self.budgets.stateless_bytes.spend(payload.len() as u64);
+        self.metrics.stateless_received.inc();
+        self.room.relay_stateless(connection, payload);
+        Ok(())
+    }
+
+    /// Every awareness state of the room, in answer to QueryAwareness (`None`: nobody is
+    /// present), within the request budgets.
+    pub fn awareness_reply(&mut self) -> Result<Option<Bytes>, Refusal> {
+        self.take(Budget::AwarenessQueries)?;
+        self.check_credit(Budget::ReplyBytes)?;
+        Ok(self
+            .room
+            .awareness_snapshot()
+            .map(|snapshot| self.charge_reply(snapshot)))
     }
 
     /// Takes one message's token from a count budget, or refuses the connection.
@@ -293,25 +368,27 @@ impl ConnectionHandler {
         )
     }
 
-    /// Applies a client's update, unless the connection is read-only (then the client is told
-    /// with a permission-denied Auth message, returned) or over its rate.
+    /// Applies a client's update (`step2`: the answer to the room's SyncStep1), unless the
+    /// connection is read-only or over its rate.
+    ///
+    /// A read-only client's update is not applied; one that brings nothing the room lacks
+    /// (a reader's SyncStep2, most often) counts as stored, since nothing was refused.
     ///
     /// An update that continues a client's changes past what the room has (a client typing
     /// right after a reconnect, before its SyncStep2 arrived) is refused without closing the
-    /// connection, as Yjs would hold it pending: if it came as an Update, the client is sent
-    /// the room's SyncStep1 (once until its next SyncStep2), and its SyncStep2 answer carries
-    /// everything the room lacks, this change included.
-    fn apply_update(
-        &mut self,
-        update: &[u8],
-        resync_on_gap: bool,
-    ) -> Result<Option<Bytes>, Refusal> {
+    /// connection, as Yjs would hold it pending: if it came as an Update, the outcome carries
+    /// the room's SyncStep1 (once until the client's next SyncStep2), and its SyncStep2 answer
+    /// carries everything the room lacks, this change included.
+    pub fn receive_update(&mut self, update: &[u8], step2: bool) -> Result<UpdateOutcome, Refusal> {
+        if step2 {
+            self.resync_requested = false;
+        }
         if self.access == Access::ReadOnly {
-            if update == EMPTY_UPDATE {
-                return Ok(None);
+            if update == EMPTY_UPDATE || self.room.has_all_of(update) {
+                return Ok(UpdateOutcome::Stored);
             }
             self.metrics.reject("read_only");
-            return Ok(Some(protocol::encode_auth_denied(READ_ONLY_REASON)));
+            return Ok(UpdateOutcome::ReadOnly);
         }
         self.take(Budget::Updates)?;
         self.metrics.updates_received.inc();
@@ -319,15 +396,17 @@ impl ConnectionHandler {
             .update_bytes_received
             .inc_by(update.len() as u64);
         match self.room.apply_update(update) {
-            Ok(_) => Ok(None),
+            Ok(_) => Ok(UpdateOutcome::Stored),
             Err(
                 error @ (ApplyError::MissingPredecessors { .. }
                 | ApplyError::MissingDependency { .. }),
             ) => {
                 tracing::debug!(%error, "update refused until the client resyncs");
                 self.metrics.reject("missing_predecessors");
-                let resync = resync_on_gap && !std::mem::replace(&mut self.resync_requested, true);
-                Ok(resync.then(|| self.room.sync_step1()))
+                let resync = !step2 && !std::mem::replace(&mut self.resync_requested, true);
+                Ok(UpdateOutcome::Gap {
+                    resync: resync.then(|| self.room.sync_step1()),
+                })
             }
             Err(error) => Err(self.refusal(error)),
         }
@@ -367,7 +446,7 @@ impl ConnectionHandler {
                 close_code::INTERNAL_ERROR,
                 "the room failed internally; reconnect and resend your changes",
             ),
-            // Handled in `apply_update`; awareness never reports it.
+            // Handled in `receive_update`; awareness never reports it.
             ApplyError::MissingPredecessors { .. } | ApplyError::MissingDependency { .. } => {
                 Refusal::new(close_code::INTERNAL_ERROR, error.to_string())
             }

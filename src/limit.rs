@@ -97,6 +97,10 @@ pub struct MessageBudgets {
     /// cost). Checked before each reply is made and charged after (see
     /// [`TokenBucket::has_credit`]).
     pub reply_bytes_per_sec: u64,
+    /// Stateless messages (Hocuspocus), each relayed to the document's other connections.
+    pub stateless_per_sec: u64,
+    /// Bytes of stateless messages.
+    pub stateless_bytes_per_sec: u64,
 }
 
 /// Default [`MessageBudgets::sync_requests_per_sec`].
@@ -107,6 +111,10 @@ pub const AWARENESS_QUERIES_PER_SEC: u64 = 10;
 pub const AWARENESS_PER_SEC: u64 = 100;
 /// Default [`MessageBudgets::awareness_bytes_per_sec`].
 pub const AWARENESS_BYTES_PER_SEC: u64 = 1 << 20;
+/// Default [`MessageBudgets::stateless_per_sec`]: as for awareness, the other volatile lane.
+pub const STATELESS_PER_SEC: u64 = 100;
+/// Default [`MessageBudgets::stateless_bytes_per_sec`].
+pub const STATELESS_BYTES_PER_SEC: u64 = 1 << 20;
 /// Default [`MessageBudgets::reply_bytes_per_sec`].
 pub const REPLY_BYTES_PER_SEC: u64 = 16 << 20;
 
@@ -120,6 +128,8 @@ impl MessageBudgets {
             awareness_per_sec: AWARENESS_PER_SEC,
             awareness_bytes_per_sec: AWARENESS_BYTES_PER_SEC,
             reply_bytes_per_sec: REPLY_BYTES_PER_SEC,
+            stateless_per_sec: STATELESS_PER_SEC,
+            stateless_bytes_per_sec: STATELESS_BYTES_PER_SEC,
         }
     }
 
@@ -132,6 +142,8 @@ impl MessageBudgets {
             awareness_per_sec: u64::MAX,
             awareness_bytes_per_sec: u64::MAX,
             reply_bytes_per_sec: u64::MAX,
+            stateless_per_sec: u64::MAX,
+            stateless_bytes_per_sec: u64::MAX,
         }
     }
 }

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub updates_received: Counter,
     pub update_bytes_received: Counter,
     pub awareness_received: Counter,
+    /// Stateless messages received from Hocuspocus clients.
+    pub stateless_received: Counter,
+    /// Stateless frames queued to members (relayed messages and ycord's roster events).
+    pub stateless_sent: Counter,
+    /// Stateless frames dropped on a member's full queue.
+    pub stateless_dropped: Counter,
+    /// Documents open on Hocuspocus sockets now (each is one connection of its room).
+    pub documents_open: Gauge,
     /// Frames queued to members (one per member per broadcast).
     pub broadcast_frames: Counter,
     pub bytes_sent: Counter,
@@ -78,6 +86,10 @@ impl Metrics {
             updates_received: Counter::default(),
             update_bytes_received: Counter::default(),
             awareness_received: Counter::default(),
+            stateless_received: Counter::default(),
+            stateless_sent: Counter::default(),
+            stateless_dropped: Counter::default(),
+            documents_open: Gauge::default(),
             broadcast_frames: Counter::default(),
             bytes_sent: Counter::default(),
             rejected_messages: Family::default(),
@@ -134,6 +146,26 @@ impl Metrics {
             "Bytes of document updates received",
             Unit::Bytes,
             metrics.update_bytes_received.clone(),
+        );
+        r.register(
+            "stateless_received",
+            "Stateless messages received from Hocuspocus clients",
+            metrics.stateless_received.clone(),
+        );
+        r.register(
+            "stateless_sent",
+            "Stateless frames queued to members: relayed messages and roster events",
+            metrics.stateless_sent.clone(),
+        );
+        r.register(
+            "stateless_dropped",
+            "Stateless frames dropped on a member's full queue",
+            metrics.stateless_dropped.clone(),
+        );
+        r.register(
+            "documents_open",
+            "Documents open on Hocuspocus sockets",
+            metrics.documents_open.clone(),
         );
         r.register(
             "awareness_received",

@@ -26,6 +26,7 @@ use yrs::{StateVector, Update};
 
 use thiserror::Error;
 
+pub mod hocuspocus;
 pub mod validate;
 
 /// A frame that does not follow the y-websocket protocol.

@@ -363,6 +363,7 @@ impl Rooms {
                 Slot::Retired => continue,
             };
             room.expire_awareness();
+            room.check_editor();
             // A failing store's rooms stay: their data may be nowhere else.
             if room.idle_for().is_some_and(|elapsed| elapsed >= idle) && !self.health.is_failing() {
                 let _ = self.retire(&name, &slot, &mut guard, &room).await;

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use yrs::ClientID;
@@ -48,6 +48,12 @@ pub const AWARENESS_QUEUE_CAPACITY: usize = 64;
 /// [`AWARENESS_QUEUE_CAPACITY`]. Presence states are a few hundred bytes each.
 pub const AWARENESS_QUEUE_BYTES: usize = 1 << 20;
 
+/// Capacity of a Hocuspocus member's stateless queue (relayed commands and roster events), in
+/// frames and in bytes. Overflow policy: the frame is dropped for that member and counted in
+/// `ycord_stateless_dropped_total`; the lane is volatile, like presence.
+pub const STATELESS_QUEUE_CAPACITY: usize = 64;
+pub const STATELESS_QUEUE_BYTES: usize = 1 << 20;
+
 /// Most awareness client IDs one connection may set states for (y-websocket uses one per
 /// document); see [`super::Room::apply_awareness`].
 pub const MAX_AWARENESS_CLIENTS: usize = 8;
@@ -61,6 +67,9 @@ pub struct MemberSignals {
     awareness_dropped: AtomicBool,
     /// The room was deleted under the member.
     deleted: AtomicBool,
+    /// When the member's client last sent a message, in ms since the epoch (see
+    /// [`MemberSignals::heard`]): a silent active editor hands its role over.
+    heard_at_ms: AtomicU64,
 }
 
 impl MemberSignals {
@@ -74,6 +83,19 @@ impl MemberSignals {
         self.deleted.load(Ordering::Acquire)
     }
 
+    /// Records that the member's client just sent a message.
+    pub fn heard(&self) {
+        self.heard_at_ms.store(SystemClock.now(), Ordering::Relaxed);
+    }
+
+    /// Whether the member's client sent a message within the last `max_age_ms`.
+    pub(super) fn heard_within(&self, max_age_ms: u64) -> bool {
+        SystemClock
+            .now()
+            .saturating_sub(self.heard_at_ms.load(Ordering::Relaxed))
+            <= max_age_ms
+    }
+
     /// Returns and clears the "awareness dropped" flag.
     pub fn take_awareness_dropped(&self) -> bool {
         self.awareness_dropped.swap(false, Ordering::AcqRel)
@@ -85,6 +107,8 @@ impl MemberSignals {
 pub struct Subscription {
     pub updates: queue::Receiver<Bytes>,
     pub awareness: queue::Receiver<Bytes>,
+    /// Stateless message bodies, for a member that hears them (see `roster::Profile`).
+    pub stateless: Option<queue::Receiver<Bytes>>,
     pub signals: Arc<MemberSignals>,
 }
 
@@ -92,22 +116,32 @@ pub struct Subscription {
 struct Member {
     updates: queue::Sender<Bytes>,
     awareness: queue::Sender<Bytes>,
+    stateless: Option<queue::Sender<Bytes>>,
     signals: Arc<MemberSignals>,
 }
 
-fn new_member() -> (Member, Subscription) {
+fn new_member(hears_stateless: bool) -> (Member, Subscription) {
     let (update_tx, update_rx) = queue::channel(UPDATE_QUEUE_CAPACITY, UPDATE_QUEUE_BYTES);
     let (awareness_tx, awareness_rx) =
         queue::channel(AWARENESS_QUEUE_CAPACITY, AWARENESS_QUEUE_BYTES);
+    let (stateless_tx, stateless_rx) = if hears_stateless {
+        let (tx, rx) = queue::channel(STATELESS_QUEUE_CAPACITY, STATELESS_QUEUE_BYTES);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let signals = Arc::new(MemberSignals::default());
+    signals.heard();
     let member = Member {
         updates: update_tx,
         awareness: awareness_tx,
+        stateless: stateless_tx,
         signals: signals.clone(),
     };
     let subscription = Subscription {
         updates: update_rx,
         awareness: awareness_rx,
+        stateless: stateless_rx,
         signals,
     };
     (member, subscription)
@@ -119,8 +153,8 @@ pub(super) struct Members(HashMap<ConnectionId, Member>);
 
 impl Members {
     /// Adds a member with fresh queues and returns its end of them.
-    pub(super) fn add(&mut self, connection: ConnectionId) -> Subscription {
-        let (member, subscription) = new_member();
+    pub(super) fn add(&mut self, connection: ConnectionId, hears_stateless: bool) -> Subscription {
+        let (member, subscription) = new_member(hears_stateless);
         self.0.insert(connection, member);
         subscription
     }
@@ -128,7 +162,7 @@ impl Members {
     /// Queues whose room end is already dropped: what joining a room that keeps no members
     /// (a broken one) gives, so that the session finds its queue closed and ends.
     pub(super) fn closed_subscription() -> Subscription {
-        new_member().1
+        new_member(false).1
     }
 
     pub(super) fn remove(&mut self, connection: ConnectionId) {
@@ -184,6 +218,39 @@ impl Members {
                     .store(true, Ordering::Release);
             }
         }
+    }
+}
+
+impl Members {
+    /// Queues a stateless body for every member that hears them, but `except`; returns how
+    /// many were queued and how many dropped on a full queue.
+    pub(super) fn broadcast_stateless(
+        &self,
+        body: &Bytes,
+        except: Option<ConnectionId>,
+    ) -> (u64, u64) {
+        let (mut queued, mut dropped) = (0, 0);
+        for (id, member) in &self.0 {
+            let Some(stateless) = &member.stateless else {
+                continue;
+            };
+            if Some(*id) == except {
+                continue;
+            }
+            match stateless.try_send(body.clone()) {
+                Ok(()) => queued += 1,
+                Err(queue::TrySendError::Full(_)) => dropped += 1,
+                Err(queue::TrySendError::Closed(_)) => {}
+            }
+        }
+        (queued, dropped)
+    }
+
+    /// Whether `connection` is a member whose client spoke within `max_age_ms`.
+    pub(super) fn heard_within(&self, connection: ConnectionId, max_age_ms: u64) -> bool {
+        self.0
+            .get(&connection)
+            .is_some_and(|member| member.signals.heard_within(max_age_ms))
     }
 }
 

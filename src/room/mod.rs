@@ -18,6 +18,7 @@ mod document;
 mod error;
 mod members;
 mod persistence;
+mod roster;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +44,8 @@ pub use members::{
     MAX_AWARENESS_CLIENTS, MemberSignals, Subscription, UPDATE_QUEUE_BYTES, UPDATE_QUEUE_CAPACITY,
 };
 use persistence::{Log, SizeCheck};
+use roster::Roster;
+pub use roster::{Identity, Profile, RosterUser};
 
 /// Tunables of a room, taken from the server configuration.
 #[derive(Debug, Clone)]
@@ -76,6 +79,8 @@ impl RoomConfig {
 pub struct Greeting {
     pub sync_step1: Bytes,
     pub awareness: Option<Bytes>,
+    /// The `roster` event (a stateless body), for a member that hears them.
+    pub roster: Option<Bytes>,
 }
 
 /// What the HTTP API reports about a loaded room.
@@ -88,6 +93,10 @@ pub struct RoomInfo {
     pub log_updates: u64,
     /// When the document last changed, ms since the epoch (0: not since it was created).
     pub last_change_ms: u64,
+    /// Every user in the room.
+    pub roster: Vec<RosterUser>,
+    /// The active editor (see `roster`).
+    pub editor: Option<Identity>,
 }
 
 /// The result of applying a client's update.
@@ -156,6 +165,8 @@ struct RoomState {
     /// Owns the room's document (`awareness.doc()`) and the presence states.
     awareness: Awareness,
     members: Members,
+    /// Who is in the room and its active editor.
+    roster: Roster,
     log: Log,
     /// Set when the room is deleted: nothing may be applied or stored any more.
     deleted: bool,
@@ -241,6 +252,7 @@ impl Room {
             state: Mutex::new(RoomState {
                 awareness: Awareness::new(replayed.doc),
                 members: Members::default(),
+                roster: Roster::default(),
                 log,
                 deleted: false,
                 full_sync_reply,
@@ -317,21 +329,93 @@ impl Room {
         state.full_sync_reply = None;
     }
 
-    /// Adds a member. Its queues start receiving every update applied from now on, and the
-    /// greeting reflects the state just before: nothing can fall between the two.
+    /// Adds an anonymous read-write member that hears no stateless messages (tests, benches).
     pub fn subscribe(&self, connection: ConnectionId) -> (Subscription, Greeting) {
-        let mut state = self.state();
-        // A broken room keeps no members: the session finds its queue closed and ends.
-        let subscription = if self.is_broken() {
-            Members::closed_subscription()
-        } else {
-            state.members.add(connection)
+        let profile = Profile {
+            user: format!("connection-{connection}").into(),
+            read_write: true,
+            hears_stateless: false,
         };
+        self.subscribe_as(connection, profile)
+    }
+
+    /// Adds a member. Its queues start receiving every update applied from now on, and the
+    /// greeting reflects the state just before: nothing can fall between the two. The others
+    /// that hear stateless messages are told it joined, and everyone who is the editor if
+    /// this join elected one.
+    pub fn subscribe_as(
+        &self,
+        connection: ConnectionId,
+        profile: Profile,
+    ) -> (Subscription, Greeting) {
+        let state = &mut *self.state();
+        // A broken room keeps no members: the session finds its queue closed and ends.
+        if self.is_broken() {
+            let greeting = Greeting {
+                sync_step1: document::sync_step1(state.awareness.doc()),
+                awareness: None,
+                roster: None,
+            };
+            return (Members::closed_subscription(), greeting);
+        }
+        let hears = profile.hears_stateless;
+        let subscription = state.members.add(connection, hears);
+        let user = profile.user.clone();
+        let elected = state.roster.add(connection, profile);
+        if let Some(joined) = state.roster.identity(connection) {
+            let count = state.roster.connections_of(&user);
+            let event = roster::presence_event("joined", &joined, count);
+            self.broadcast_event(state, &event, Some(connection));
+        }
+        if elected.is_some() {
+            self.broadcast_event(
+                state,
+                &roster::editor_event(elected.as_ref()),
+                Some(connection),
+            );
+        }
         let greeting = Greeting {
             sync_step1: document::sync_step1(state.awareness.doc()),
             awareness: members::full_awareness(&state.awareness),
+            roster: hears.then(|| {
+                protocol::hocuspocus::stateless_body(&state.roster.roster_event(connection))
+            }),
         };
         (subscription, greeting)
+    }
+
+    /// Queues one of ycord's events for the members that hear them, but `except`.
+    fn broadcast_event(&self, state: &RoomState, event: &str, except: Option<ConnectionId>) {
+        let body = protocol::hocuspocus::stateless_body(event);
+        let (queued, dropped) = state.members.broadcast_stateless(&body, except);
+        self.metrics.stateless_sent.inc_by(queued);
+        self.metrics.stateless_dropped.inc_by(dropped);
+    }
+
+    /// Relays a client's stateless message to the room's other members that hear them, in a
+    /// `relay` envelope naming the sender as ycord knows it. Never stored.
+    pub fn relay_stateless(&self, from: ConnectionId, payload: &str) {
+        let state = &*self.state();
+        let Some(sender) = state.roster.identity(from) else {
+            return;
+        };
+        self.broadcast_event(state, &roster::relay_event(&sender, payload), Some(from));
+    }
+
+    /// Hands the active editor's role over when its client has been silent for the awareness
+    /// timeout while another candidate spoke (called by the sweeper).
+    pub fn check_editor(&self) {
+        let max_age_ms =
+            u64::try_from(self.config.awareness_timeout.as_millis()).unwrap_or(u64::MAX);
+        let state = &mut *self.state();
+        let members = &state.members;
+        if let Some(next) = state
+            .roster
+            .hand_over_if_silent(|id| members.heard_within(id, max_age_ms))
+        {
+            tracing::debug!(room = %self.name, connection = next.connection, "silent editor replaced");
+            self.broadcast_event(state, &roster::editor_event(Some(&next)), None);
+        }
     }
 
     /// The server's SyncStep1 (its state vector): asks a client for everything the room lacks.
@@ -344,6 +428,17 @@ impl Room {
     pub fn unsubscribe(&self, connection: ConnectionId, controlled: &HashSet<ClientID>) {
         let state = &mut *self.state();
         state.members.remove(connection);
+        if let Some((profile, editor_change)) = state.roster.remove(connection) {
+            let left = Identity {
+                user: profile.user.clone(),
+                connection,
+            };
+            let count = state.roster.connections_of(&profile.user);
+            self.broadcast_event(state, &roster::presence_event("left", &left, count), None);
+            if let Some(editor) = editor_change {
+                self.broadcast_event(state, &roster::editor_event(editor.as_ref()), None);
+            }
+        }
         members::remove_states(
             &mut state.awareness,
             &state.members,
@@ -377,6 +472,17 @@ impl Room {
         let reply = protocol::encode_sync_step2(&diff);
         state.full_sync_reply = Some(reply.clone());
         reply
+    }
+
+    /// Whether the room already has every item `update` brings (its deletions aside): what a
+    /// read-only client's SyncStep2 is checked against, since a reader is told whether its
+    /// state was taken. An update that does not decode brings something the room refuses.
+    pub fn has_all_of(&self, update: &[u8]) -> bool {
+        let Ok(decoded) = protocol::decode_update(update) else {
+            return false;
+        };
+        let ours = self.state().awareness.doc().transact().state_vector();
+        !decoded.update.extends(&ours)
     }
 
     /// Applies a client's v1 update. A new change is encoded once, appended to the store and
@@ -590,6 +696,8 @@ impl Room {
             doc_bytes: state.log.doc_bytes(),
             log_updates: state.log.updates,
             last_change_ms: self.changes.last_change_ms(),
+            roster: state.roster.users(),
+            editor: state.roster.editor(),
         }
     }
 

@@ -81,6 +81,12 @@ async fn upgrade(
     client: Option<IpAddr>,
     shared: Arc<Shared>,
 ) -> Response {
+    if is_root(path.as_str(), &shared.base_path) {
+        return match admit_hocuspocus(&shared, client) {
+            Ok(permit) => hand_over_hocuspocus(&shared, pending, &key, permit),
+            Err(refusal) => refusal.answer(&shared.metrics),
+        };
+    }
     match admit(&shared, path.as_str(), token.as_deref(), client).await {
         Ok(Admitted {
             room: Loaded::Open(lease),
@@ -94,6 +100,65 @@ async fn upgrade(
         }) => close_deleted(&shared, pending, &key, permit, deleted_at_ms),
         Err(refusal) => refusal.answer(&shared.metrics),
     }
+}
+
+/// Whether `path` is the base path itself: the Hocuspocus dialect's URL, where one socket
+/// carries many documents (a y-websocket client names its room after the base path).
+fn is_root(path: &str, base_path: &str) -> bool {
+    path == base_path || base_path.strip_suffix('/') == Some(path)
+}
+
+/// The steps of a Hocuspocus socket: those of a y-websocket connection that do not depend on
+/// a room (the socket, not yet any document). Credentials and rooms are decided per document,
+/// from each one's Auth message (`server::hocuspocus`): provider 4 always sends a token,
+/// empty when the application has none, and never in the URL.
+fn admit_hocuspocus(
+    shared: &Arc<Shared>,
+    client: Option<IpAddr>,
+) -> Result<ConnectionPermit, Refusal> {
+    if shared.shutdown.is_cancelled() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        ));
+    }
+    address_limit(shared, client)?;
+    connection_permit(shared)
+}
+
+/// Completes the handshake of a Hocuspocus socket and spawns its session.
+fn hand_over_hocuspocus(
+    shared: &Arc<Shared>,
+    pending: PendingUpgrade,
+    key: &str,
+    permit: ConnectionPermit,
+) -> Response {
+    let Some(on_upgrade) = pending.take() else {
+        return json_error(StatusCode::BAD_REQUEST, "not an upgradable request");
+    };
+    let websocket_config = websocket_config(shared);
+    let shared = shared.clone();
+    shared.clone().sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = server_socket(upgraded, Some(websocket_config)).await;
+                super::hocuspocus::run(socket, shared).await;
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+        drop(permit);
+    });
+    switching_protocols(key)
+}
+
+/// tungstenite's settings for every session: small buffers, the message size limit.
+fn websocket_config(shared: &Shared) -> WebSocketConfig {
+    let max = saturating_usize(shared.config.limits.max_message_bytes);
+    WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
+        .write_buffer_size(WEBSOCKET_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// What a connection has once every step let it through.
@@ -326,12 +391,7 @@ fn hand_over(
         return json_error(StatusCode::BAD_REQUEST, "not an upgradable request");
     };
     let limits = &shared.config.limits;
-    let max = saturating_usize(limits.max_message_bytes);
-    let websocket_config = WebSocketConfig::default()
-        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
-        .write_buffer_size(WEBSOCKET_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let websocket_config = websocket_config(shared);
     let settings = session::Settings {
         connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
         subject: grant.subject,

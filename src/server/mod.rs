@@ -17,6 +17,7 @@
 
 mod admission;
 mod api;
+mod hocuspocus;
 mod listener;
 mod probes;
 mod request;

@@ -32,17 +32,17 @@ use crate::auth::Access;
 use crate::connection::{ConnectionHandler, InboundFrame, Refusal, close_code};
 use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::room::{ConnectionId, Subscription};
+use crate::room::{ConnectionId, Profile, Subscription};
 use crate::rooms::RoomLease;
 
 /// Longest a single send may take before the peer is considered gone.
 pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest the session reads on after sending its close frame, waiting for the client's.
-const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Most queued frames written before one flush.
-const MAX_FRAMES_PER_FLUSH: usize = 64;
+pub(super) const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Per-session settings taken from the server configuration and the client's token.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct Settings {
 
 /// How a session ends.
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
     /// Close the socket with this code and reason.
     Close(Refusal),
     /// The peer is gone (closed, reset, or stopped answering): nothing to send.
@@ -71,7 +71,7 @@ enum End {
 }
 
 impl End {
-    fn close(code: u16, reason: impl Into<String>) -> End {
+    pub(super) fn close(code: u16, reason: impl Into<String>) -> End {
         End::Close(Refusal::new(code, reason))
     }
 }
@@ -102,7 +102,17 @@ pub fn run<'a>(
     let room = lease.room().clone();
     let (subscription, greeting) = span.in_scope(|| {
         tracing::debug!("connected");
-        room.subscribe(settings.connection)
+        room.subscribe_as(
+            settings.connection,
+            Profile {
+                user: settings.subject.as_deref().map_or_else(
+                    || format!("connection-{}", settings.connection).into(),
+                    Into::into,
+                ),
+                read_write: settings.access == Access::ReadWrite,
+                hears_stateless: false,
+            },
+        )
     });
     let mut session = Session {
         socket,
@@ -122,28 +132,35 @@ pub fn run<'a>(
         let end = session.serve(subscription, greeting, settings).await;
         session.leave();
         match end {
-            End::Close(Refusal { code, reason }) => {
-                tracing::debug!(code, %reason, "closing");
-                if code == close_code::TRY_AGAIN_LATER {
-                    settings.metrics.slow_client_disconnects.inc();
-                }
-                let close = Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: close_reason(&reason).into(),
-                }));
-                let _ = tokio::time::timeout(SEND_TIMEOUT, session.socket.send(close)).await;
-                // Read on until the client's close (or briefly): closing a socket with unread
-                // input resets the connection, and a reset can discard the close frame before
-                // the client reads it (a flooding client, the one that most needs the code).
-                let _ = tokio::time::timeout(CLOSE_DRAIN, async {
-                    while let Some(Ok(_)) = session.socket.next().await {}
-                })
-                .await;
-            }
+            End::Close(refusal) => close(&mut session.socket, refusal, &settings.metrics).await,
             End::Gone => tracing::debug!("peer gone"),
         }
     }
     .instrument(span)
+}
+
+/// Sends the close frame (within [`SEND_TIMEOUT`]) and reads on until the client's close.
+pub(super) async fn close(
+    socket: &mut WebSocket,
+    Refusal { code, reason }: Refusal,
+    metrics: &Metrics,
+) {
+    tracing::debug!(code, %reason, "closing");
+    if code == close_code::TRY_AGAIN_LATER {
+        metrics.slow_client_disconnects.inc();
+    }
+    let close = Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: close_reason(&reason).into(),
+    }));
+    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(close)).await;
+    // Read on until the client's close (or briefly): closing a socket with unread input
+    // resets the connection, and a reset can discard the close frame before the client reads
+    // it (a flooding client, the one that most needs the code).
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 struct Session {
@@ -280,20 +297,7 @@ impl Session {
         };
         self.last_heard = Instant::now();
         self.heard_anything = true;
-        match message {
-            Message::Binary(frame) => Ok(Some(frame)),
-            Message::Text(_) => {
-                tracing::warn!("text frame received");
-                self.metrics.reject("text_frame");
-                Err(End::close(
-                    close_code::UNSUPPORTED_DATA,
-                    "text frames are not part of the protocol; send binary",
-                ))
-            }
-            Message::Close(_) => Err(End::Gone),
-            // Pings are answered by the WebSocket layer; pongs only refresh `last_heard`.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
-        }
+        binary(message, &self.metrics)
     }
 
     /// Handles one inbound binary frame, sending each reply as it is made.
@@ -361,9 +365,27 @@ impl Session {
     }
 }
 
+/// The frame of a binary message; `None` for what does not end the session (pings are
+/// answered by the WebSocket layer, pongs only show the peer is there); text ends it (1003).
+pub(super) fn binary(message: Message, metrics: &Metrics) -> Result<Option<Bytes>, End> {
+    match message {
+        Message::Binary(frame) => Ok(Some(frame)),
+        Message::Text(_) => {
+            tracing::warn!("text frame received");
+            metrics.reject("text_frame");
+            Err(End::close(
+                close_code::UNSUPPORTED_DATA,
+                "text frames are not part of the protocol; send binary",
+            ))
+        }
+        Message::Close(_) => Err(End::Gone),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
+    }
+}
+
 /// Bounds a send in time. A combinator rather than an `async fn`, which would hold `operation`
 /// twice (as its argument and inside the timeout): this future sits in every session's.
-fn bounded(
+pub(super) fn bounded(
     operation: impl Future<Output = Result<(), tungstenite::Error>>,
 ) -> impl Future<Output = Result<(), End>> {
     tokio::time::timeout(SEND_TIMEOUT, operation).map(|sent| match sent {
@@ -399,7 +421,7 @@ fn close_reason(reason: &str) -> String {
     reason[..end].to_owned()
 }
 
-fn lagged() -> End {
+pub(super) fn lagged() -> End {
     tracing::info!("client fell behind the room; closing so that it resyncs");
     End::close(
         close_code::TRY_AGAIN_LATER,
@@ -408,10 +430,10 @@ fn lagged() -> End {
 }
 
 /// A very long time: the deadline of what has none.
-const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+pub(super) const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
 
 /// How long until `deadline` (at most [`NEVER`]).
-fn time_until(deadline: SystemTime) -> Duration {
+pub(super) fn time_until(deadline: SystemTime) -> Duration {
     deadline
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
@@ -422,7 +444,11 @@ fn time_until(deadline: SystemTime) -> Duration {
 /// tells the client not to resend it; a violation of the WebSocket protocol (an unmasked or
 /// malformed frame, an unknown opcode) gets 1002 and a text message that is not UTF-8 gets
 /// 1007 (RFC 6455, 7.4.1); anything else means the peer is gone.
-fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
+pub(super) fn read_error(
+    error: tungstenite::Error,
+    max_message_bytes: u64,
+    metrics: &Metrics,
+) -> End {
     use tungstenite::error::ProtocolError;
     match error {
         tungstenite::Error::Capacity(_) => {

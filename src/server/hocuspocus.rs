@@ -1,0 +1,543 @@
+//! One Hocuspocus socket: many documents over one WebSocket at the root URL
+//! (`@hocuspocus/provider`; the codec is `protocol::hocuspocus`).
+//!
+//! Each document the client authenticates is one connection of its room, with its own
+//! [`ConnectionHandler`] (budgets, awareness states, read-only access) and its own member
+//! queues: the same rooms, limits and metrics as y-websocket. One task owns the socket and
+//! selects over inbound frames, every open document's queues, the ping timer, one deadline
+//! (the first message's, then the earliest token expiry) and shutdown.
+//!
+//! Frames are handled in order, one at a time, and a document's Auth is decided (its room
+//! loaded) before the next frame is read: what a provider sends after its token waits in the
+//! socket, so nothing is applied before the document is authorised, without a queue. The
+//! slow-reader policy is the y-websocket one, per socket: a document whose update queue
+//! overflows closes the socket with 1013 and the provider resyncs every document.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::Instrument;
+
+use super::session::{self, End, WebSocket, bounded};
+use super::shared::{Shared, saturating_usize};
+use crate::auth::{Access, AuthError};
+use crate::connection::{ConnectionHandler, UpdateOutcome, close_code};
+use crate::error::JoinError;
+use crate::limit::MessageBudgets;
+use crate::protocol::Inbound as Yjs;
+use crate::protocol::hocuspocus::{self as wire, Message as DocumentMessage};
+use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Profile, Subscription};
+use crate::rooms::RoomLease;
+
+/// A document open on the socket: authorised, joined to its room.
+struct Document {
+    /// The provider's key for it (`name` or `name\0session`).
+    key: Box<str>,
+    /// The encoded key, put before every message sent for the document.
+    prefix: Bytes,
+    handler: ConnectionHandler,
+    subscription: Subscription,
+    /// The document's connection in its room.
+    connection: ConnectionId,
+    /// When the token that opened it expires.
+    expires_by: Option<tokio::time::Instant>,
+    /// Held until the document closes: the room stays loaded and counts the connection.
+    _lease: RoomLease,
+    shared: Arc<Shared>,
+}
+
+/// Leaving on drop, as a y-websocket session does: the member, its awareness states and its
+/// roster entry go with the document, however the socket ends.
+impl Drop for Document {
+    fn drop(&mut self) {
+        self.handler
+            .room()
+            .unsubscribe(self.connection, self.handler.controlled());
+        self.shared.metrics.documents_open.dec();
+    }
+}
+
+/// What one document's queues gave.
+enum Outbound {
+    Update(Bytes),
+    Awareness(Bytes),
+    Stateless(Bytes),
+    /// The room dropped the member: it lagged, the room was deleted, or it closed.
+    Ended,
+}
+
+struct Socket {
+    socket: WebSocket,
+    documents: Vec<Document>,
+    /// Where the next poll of the documents' queues starts, so that none starves the others.
+    next_poll: usize,
+    shared: Arc<Shared>,
+    last_heard: Instant,
+    heard_anything: bool,
+}
+
+/// Serves one Hocuspocus socket until it closes.
+pub(super) async fn run(socket: WebSocket, shared: Arc<Shared>) {
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("hocuspocus", connection = id);
+    let mut session = Socket {
+        socket,
+        documents: Vec::new(),
+        next_poll: 0,
+        shared: shared.clone(),
+        last_heard: Instant::now(),
+        heard_anything: false,
+    };
+    async move {
+        tracing::debug!("connected");
+        let end = session.serve().await;
+        session.documents.clear();
+        match end {
+            End::Close(refusal) => {
+                session::close(&mut session.socket, refusal, &shared.metrics).await;
+            }
+            End::Gone => tracing::debug!("peer gone"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Socket {
+    async fn serve(&mut self) -> End {
+        let ping_interval = self.shared.config.ping_interval();
+        let mut ping = tokio::time::interval(ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let first_message_by = tokio::time::Instant::now()
+            + Duration::from_secs(self.shared.config.limits.first_message_secs);
+        let deadline = tokio::time::sleep_until(first_message_by);
+        tokio::pin!(deadline);
+        loop {
+            let shutdown = self.shared.shutdown.clone();
+            let step = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    Err(End::close(close_code::GOING_AWAY, "server shutting down"))
+                }
+                inbound = self.socket.next() => match self.receive(inbound) {
+                    Ok(Some(frame)) => self.handle(&frame).await,
+                    Ok(None) => Ok(()),
+                    Err(end) => Err(end),
+                },
+                (index, outbound) = poll_documents(&mut self.documents, &mut self.next_poll) => {
+                    self.send_outbound(index, outbound).await
+                }
+                _ = ping.tick() => self.keepalive(ping_interval).await,
+                () = &mut deadline => {
+                    if !self.heard_anything {
+                        self.shared.metrics.limit_hit("first_message_timeout");
+                        Err(End::close(close_code::POLICY_VIOLATION, "no message received in time"))
+                    } else {
+                        self.expire().await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            deadline
+                .as_mut()
+                .reset(self.next_deadline(first_message_by));
+        }
+    }
+
+    /// The first-message deadline until a message came, then the earliest token expiry.
+    fn next_deadline(&self, first_message_by: tokio::time::Instant) -> tokio::time::Instant {
+        if !self.heard_anything {
+            return first_message_by;
+        }
+        self.documents
+            .iter()
+            .filter_map(|document| document.expires_by)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + session::NEVER)
+    }
+
+    fn receive(
+        &mut self,
+        inbound: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Option<Bytes>, End> {
+        let message = match inbound {
+            None => return Err(End::Gone),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                return Err(session::read_error(
+                    error,
+                    self.shared.config.limits.max_message_bytes,
+                    &self.shared.metrics,
+                ));
+            }
+        };
+        self.last_heard = Instant::now();
+        self.heard_anything = true;
+        session::binary(message, &self.shared.metrics)
+    }
+
+    /// Handles one inbound frame: one message about one document.
+    async fn handle(&mut self, frame: &[u8]) -> Result<(), End> {
+        let (key, message) = match wire::decode(frame) {
+            Ok(wire::Inbound::Pong) => return Ok(()),
+            Ok(wire::Inbound::Document { key, message }) => (key, message),
+            Err(error) => {
+                tracing::warn!(%error, "malformed message");
+                self.shared.metrics.reject("malformed");
+                return Err(End::close(
+                    close_code::INVALID_PAYLOAD,
+                    format!("malformed message: {error}"),
+                ));
+            }
+        };
+        let index = self
+            .documents
+            .iter()
+            .position(|document| &*document.key == key);
+        let Some(index) = index else {
+            return match message {
+                DocumentMessage::Auth(Some(token)) => self.open(key, token).await,
+                // A document not authenticated on this socket gets nothing.
+                _ => {
+                    self.shared.metrics.reject("not_authenticated");
+                    Ok(())
+                }
+            };
+        };
+        let document = &mut self.documents[index];
+        document.subscription.signals.heard();
+        let prefix = document.prefix.clone();
+        match message {
+            // Already open: a provider recreated quickly resends its token; nothing changes.
+            DocumentMessage::Auth(_) => Ok(()),
+            DocumentMessage::Close => {
+                self.documents.swap_remove(index);
+                self.send(wire::encode_close(&prefix, "provider_initiated"))
+                    .await
+            }
+            DocumentMessage::Stateless(payload) => {
+                let connection = document.connection;
+                Ok(document.handler.receive_stateless(connection, payload)?)
+            }
+            DocumentMessage::Yjs(Yjs::SyncStep1(state_vector)) => {
+                let answer = document.handler.sync_step1_reply(&state_vector)?;
+                let ours = document.handler.room().sync_step1();
+                self.send(wire::frame(&prefix, &answer)).await?;
+                self.send(wire::frame(&prefix, &ours)).await
+            }
+            DocumentMessage::Yjs(Yjs::SyncStep2(update)) => {
+                let outcome = document.handler.receive_update(update, true)?;
+                self.acknowledge(&prefix, outcome).await
+            }
+            DocumentMessage::Yjs(Yjs::Update(update)) => {
+                let outcome = document.handler.receive_update(update, false)?;
+                self.acknowledge(&prefix, outcome).await
+            }
+            DocumentMessage::Yjs(Yjs::Awareness(payload)) => {
+                Ok(document.handler.receive_awareness(payload)?)
+            }
+            DocumentMessage::Yjs(Yjs::QueryAwareness) => {
+                match document.handler.awareness_reply()? {
+                    Some(snapshot) => self.send(wire::frame(&prefix, &snapshot)).await,
+                    None => Ok(()),
+                }
+            }
+            // Type 2 is Hocuspocus Auth, decoded above; never a y-protocols Auth.
+            DocumentMessage::Yjs(Yjs::Auth) => Ok(()),
+        }
+    }
+
+    /// `SyncStatus` for a client's update: applied (or known), or not; after a gap, the room's
+    /// SyncStep1 follows, and the client's answer is acknowledged in its turn.
+    async fn acknowledge(&mut self, prefix: &[u8], outcome: UpdateOutcome) -> Result<(), End> {
+        let stored = outcome == UpdateOutcome::Stored;
+        self.send(wire::encode_sync_status(prefix, stored)).await?;
+        if let UpdateOutcome::Gap {
+            resync: Some(step1),
+        } = outcome
+        {
+            self.send(wire::frame(prefix, &step1)).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides a document's Auth: authorised, it joins its room and is told its scope, then
+    /// the room's presence and roster; refused, it is told why and the socket stays open.
+    async fn open(&mut self, key: &str, token: &str) -> Result<(), End> {
+        let prefix = wire::key_prefix(key);
+        let room = wire::room_of(key);
+        let grant = match self.authorise(room, token) {
+            Ok(grant) => grant,
+            Err(reason) => {
+                tracing::info!(%room, %reason, "document refused");
+                return self
+                    .send(wire::encode_permission_denied(&prefix, &reason))
+                    .await;
+            }
+        };
+        let lease = match self.shared.rooms.join(room).await {
+            Ok(lease) => lease,
+            Err(error) => return self.refuse_join(&prefix, room, error).await,
+        };
+        let connection = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let user: Arc<str> = grant
+            .subject
+            .map_or_else(|| format!("connection-{connection}").into(), Into::into);
+        tracing::debug!(%room, connection, %user, "document opened");
+        let (subscription, greeting) = lease.room().subscribe_as(
+            connection,
+            Profile {
+                user,
+                read_write: grant.access == Access::ReadWrite,
+                hears_stateless: true,
+            },
+        );
+        let limits = &self.shared.config.limits;
+        let handler = ConnectionHandler::new(
+            lease.room().clone(),
+            grant.access,
+            &MessageBudgets::with_update_rate(limits.max_updates_per_sec),
+            self.shared.metrics.clone(),
+        );
+        self.shared.metrics.documents_open.inc();
+        self.documents.push(Document {
+            key: key.into(),
+            prefix: prefix.clone(),
+            handler,
+            subscription,
+            connection,
+            expires_by: grant
+                .expires_at
+                .map(|at| tokio::time::Instant::now() + session::time_until(at)),
+            _lease: lease,
+            shared: self.shared.clone(),
+        });
+        let read_only = grant.access == Access::ReadOnly;
+        self.send(wire::encode_authenticated(&prefix, read_only))
+            .await?;
+        if let Some(awareness) = greeting.awareness {
+            self.send(wire::frame(&prefix, &awareness)).await?;
+        }
+        if let Some(roster) = greeting.roster {
+            self.send(wire::frame(&prefix, &roster)).await?;
+        }
+        Ok(())
+    }
+
+    /// What the token allows in `room`, or the reason for PermissionDenied.
+    fn authorise(&self, room: &str, token: &str) -> Result<Grant, String> {
+        if room.is_empty() || room.len() > MAX_ROOM_NAME_BYTES {
+            self.shared.metrics.reject("invalid_document_name");
+            return Err(format!(
+                "invalid document name: 1 to {MAX_ROOM_NAME_BYTES} bytes"
+            ));
+        }
+        let max_documents =
+            saturating_usize(self.shared.config.limits.max_documents_per_connection);
+        if self.documents.len() >= max_documents {
+            self.shared.metrics.limit_hit("documents_per_connection");
+            return Err(format!(
+                "too many documents on this connection (at most {max_documents}); open another"
+            ));
+        }
+        let Some(auth) = &self.shared.auth else {
+            return Ok(Grant {
+                access: Access::ReadWrite,
+                expires_at: None,
+                subject: None,
+            });
+        };
+        match auth.authorize_room(Some(token), room) {
+            Ok(claims) => Ok(Grant {
+                access: claims.mode,
+                expires_at: Some(claims.expires_at()),
+                subject: claims.sub,
+            }),
+            Err(error) => {
+                self.shared
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&super::request::auth_reason(&error))
+                    .inc();
+                Err(match error {
+                    AuthError::Missing => "a token is required".to_owned(),
+                    error => error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Answers a join that failed: a deleted room, a full room or too many rooms are refused
+    /// for this document; a failing store closes the socket (1011), so that the provider
+    /// reconnects and retries every document once the store answers.
+    async fn refuse_join(
+        &mut self,
+        prefix: &[u8],
+        room: &str,
+        error: JoinError,
+    ) -> Result<(), End> {
+        let reason = match error {
+            JoinError::RoomDeleted { .. } => "room deleted".to_owned(),
+            JoinError::TooManyRooms => {
+                self.shared.metrics.limit_hit("rooms");
+                error.to_string()
+            }
+            JoinError::RoomFull => {
+                self.shared.metrics.limit_hit("connections_per_room");
+                error.to_string()
+            }
+            JoinError::Store(_) => {
+                tracing::error!(%room, %error, "loading room failed");
+                return Err(End::close(
+                    close_code::INTERNAL_ERROR,
+                    "storage failing: reconnect later",
+                ));
+            }
+        };
+        self.send(wire::encode_permission_denied(prefix, &reason))
+            .await
+    }
+
+    /// Sends what a document's queues gave; closes the document (or the socket) the room
+    /// dropped.
+    async fn send_outbound(&mut self, index: usize, outbound: Outbound) -> Result<(), End> {
+        let document = &mut self.documents[index];
+        let prefix = document.prefix.clone();
+        match outbound {
+            Outbound::Update(frame) => {
+                let mut frames = vec![wire::frame(&prefix, &frame)];
+                while frames.len() < session::MAX_FRAMES_PER_FLUSH {
+                    match document.subscription.updates.try_recv() {
+                        Ok(frame) => frames.push(wire::frame(&prefix, &frame)),
+                        Err(_) => break,
+                    }
+                }
+                self.send_all(frames).await
+            }
+            Outbound::Awareness(frame) => {
+                let frame = if document.subscription.signals.take_awareness_dropped() {
+                    while document.subscription.awareness.try_recv().is_ok() {}
+                    document
+                        .handler
+                        .room()
+                        .awareness_snapshot()
+                        .unwrap_or(frame)
+                } else {
+                    frame
+                };
+                self.send(wire::frame(&prefix, &frame)).await
+            }
+            Outbound::Stateless(body) => self.send(wire::frame(&prefix, &body)).await,
+            Outbound::Ended => {
+                let signals = document.subscription.signals.clone();
+                self.documents.swap_remove(index);
+                if signals.lagged() {
+                    Err(session::lagged())
+                } else if signals.deleted() {
+                    self.send(wire::encode_permission_denied(&prefix, "room deleted"))
+                        .await
+                } else {
+                    Err(End::close(close_code::GOING_AWAY, "room closed"))
+                }
+            }
+        }
+    }
+
+    /// Closes the documents whose token expired: PermissionDenied tells the provider, which
+    /// fires `authenticationFailed` (where applications fetch a new token).
+    async fn expire(&mut self) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        let mut index = 0;
+        while index < self.documents.len() {
+            if self.documents[index].expires_by.is_some_and(|by| by <= now) {
+                let document = self.documents.swap_remove(index);
+                let prefix = document.prefix.clone();
+                drop(document);
+                self.send(wire::encode_permission_denied(&prefix, "token expired"))
+                    .await?;
+            } else {
+                index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A WebSocket ping, and the provider's own Ping: provider 4 closes a socket that received
+    /// no message for 30 s, and WebSocket pings do not count for it (browsers hide them).
+    async fn keepalive(&mut self, interval: Duration) -> Result<(), End> {
+        if self.last_heard.elapsed() > interval * 2 {
+            tracing::info!("peer stopped answering pings");
+            return Err(End::Gone);
+        }
+        bounded(self.socket.feed(Message::Ping(Bytes::new()))).await?;
+        self.send(Bytes::from_static(wire::PING)).await
+    }
+
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), End>> + '_ {
+        self.shared.metrics.bytes_sent.inc_by(frame.len() as u64);
+        bounded(self.socket.send(Message::Binary(frame)))
+    }
+
+    /// Writes frames, then flushes once.
+    async fn send_all(&mut self, frames: Vec<Bytes>) -> Result<(), End> {
+        for frame in frames {
+            self.shared.metrics.bytes_sent.inc_by(frame.len() as u64);
+            bounded(self.socket.feed(Message::Binary(frame))).await?;
+        }
+        bounded(self.socket.flush()).await
+    }
+}
+
+/// What a document may do, from its token.
+struct Grant {
+    access: Access,
+    expires_at: Option<SystemTime>,
+    subject: Option<String>,
+}
+
+/// Waits until one document's queues give something: updates first, then presence, then
+/// stateless messages; the documents are polled from `next` on, round robin.
+fn poll_documents<'a>(
+    documents: &'a mut [Document],
+    next: &'a mut usize,
+) -> impl Future<Output = (usize, Outbound)> + 'a {
+    std::future::poll_fn(move |cx| {
+        let count = documents.len();
+        for offset in 0..count {
+            let index = (*next + offset) % count;
+            let subscription = &mut documents[index].subscription;
+            // A member the room dropped for lagging ends now, not after its queue drains.
+            let ready = if subscription.signals.lagged() {
+                Some(Outbound::Ended)
+            } else {
+                match subscription.updates.poll_recv(cx) {
+                    Poll::Ready(Some(frame)) => Some(Outbound::Update(frame)),
+                    Poll::Ready(None) => Some(Outbound::Ended),
+                    Poll::Pending => match subscription.awareness.poll_recv(cx) {
+                        Poll::Ready(Some(frame)) => Some(Outbound::Awareness(frame)),
+                        _ => match subscription
+                            .stateless
+                            .as_mut()
+                            .map(|queue| queue.poll_recv(cx))
+                        {
+                            Some(Poll::Ready(Some(body))) => Some(Outbound::Stateless(body)),
+                            _ => None,
+                        },
+                    },
+                }
+            };
+            if let Some(outbound) = ready {
+                *next = index + 1;
+                return Poll::Ready((index, outbound));
+            }
+        }
+        Poll::Pending
+    })
+}
