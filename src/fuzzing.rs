@@ -46,19 +46,69 @@ pub fn protocol_decode(data: &[u8]) {
             }
             _ => {}
         }
-        let encoded = match &message {
-            Inbound::SyncStep1(state_vector) => {
-                use yrs::updates::encoder::Encode;
-                protocol::encode_sync_step1(&state_vector.encode_v1())
-            }
-            Inbound::SyncStep2(update) => protocol::encode_sync_step2(update),
-            Inbound::Update(update) => protocol::encode_update(update),
-            Inbound::Awareness(payload) => protocol::encode_awareness(payload),
-            Inbound::QueryAwareness => protocol::encode_query_awareness(),
-            Inbound::Auth => protocol::encode_auth_denied(""),
-        };
+        let encoded = reencode(&message);
         let again: Vec<_> = protocol::decode_frame(&encoded).collect();
         assert_eq!(again, vec![Ok(message)], "re-encoding changed the message");
+    }
+}
+
+/// Target `hocuspocus_decode`: the input is one inbound Hocuspocus frame. A decoded frame must
+/// re-encode to one that decodes to the same message, its document key must be within
+/// [`protocol::hocuspocus::MAX_DOCUMENT_KEY_BYTES`] and its room a prefix of the key; the
+/// y-websocket message inside it must meet [`protocol_decode`]'s checks.
+pub fn hocuspocus_decode(data: &[u8]) {
+    use protocol::hocuspocus::{self as wire, Message};
+    use yrs::encoding::write::Write;
+    let Ok(inbound) = wire::decode(data) else {
+        return;
+    };
+    let wire::Inbound::Document { key, message } = &inbound else {
+        assert_eq!(
+            data,
+            wire::PONG,
+            "only the Pong frame decodes without a document"
+        );
+        return;
+    };
+    assert!(key.len() <= wire::MAX_DOCUMENT_KEY_BYTES);
+    assert!(key.starts_with(wire::room_of(key)));
+    let prefix = wire::key_prefix(key);
+    let body = match message {
+        Message::Auth(Some(token)) => {
+            let mut body = vec![2, 0];
+            body.write_string(token);
+            body
+        }
+        // The server's Auth subtypes, which a client's frame only carries by mistake.
+        Message::Auth(None) => return,
+        Message::Yjs(yjs) => {
+            let body = reencode(yjs);
+            protocol_decode(&body);
+            body.to_vec()
+        }
+        Message::Stateless(payload) => wire::stateless_body(payload).to_vec(),
+        Message::Close => vec![7],
+    };
+    let again = wire::frame(&prefix, &body);
+    assert_eq!(
+        wire::decode(&again).as_ref(),
+        Ok(&inbound),
+        "re-encoding changed the message"
+    );
+}
+
+/// A y-websocket message encoded again.
+fn reencode(message: &Inbound<'_>) -> bytes::Bytes {
+    match message {
+        Inbound::SyncStep1(state_vector) => {
+            use yrs::updates::encoder::Encode;
+            protocol::encode_sync_step1(&state_vector.encode_v1())
+        }
+        Inbound::SyncStep2(update) => protocol::encode_sync_step2(update),
+        Inbound::Update(update) => protocol::encode_update(update),
+        Inbound::Awareness(payload) => protocol::encode_awareness(payload),
+        Inbound::QueryAwareness => protocol::encode_query_awareness(),
+        Inbound::Auth => protocol::encode_auth_denied(""),
     }
 }
 

@@ -31,6 +31,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("session_frames", ycord::fuzzing::session_frames),
     ("store_recovery", ycord::fuzzing::store_recovery),
     ("auth_token", ycord::fuzzing::auth_token),
+    ("hocuspocus_decode", ycord::fuzzing::hocuspocus_decode),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -141,6 +142,7 @@ fn write_seeds() {
         ("session_frames", session_seeds()),
         ("store_recovery", store_seeds()),
         ("auth_token", auth_seeds()),
+        ("hocuspocus_decode", hocuspocus_seeds()),
     ] {
         let dir = fuzz_dir().join("corpus").join(target);
         fs::create_dir_all(&dir).unwrap();
@@ -283,6 +285,52 @@ fn protocol_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
         ("truncated-varint", vec![0, 2, 0x80]),
+    ]
+}
+
+/// Every message a provider sends, for document "doc" (and one with a session suffix), the Pong,
+/// and a few malformed frames.
+fn hocuspocus_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use ycord::protocol::hocuspocus::{PONG, frame, key_prefix, stateless_body};
+    let doc = key_prefix("doc");
+    let (client, edits) = text_edits();
+    // Auth Token "" and provider 4.8's version, as the stock provider sends it.
+    let auth = frame(&doc, &[2, 0, 0, 5, b'4', b'.', b'8', b'.', b'0']).to_vec();
+    vec![
+        ("auth", auth),
+        (
+            "sync-step1",
+            frame(&doc, &encode_sync_step1(&client.state_vector())).to_vec(),
+        ),
+        (
+            "sync-step2",
+            frame(&doc, &encode_sync_step2(&edits[0])).to_vec(),
+        ),
+        ("update", frame(&doc, &encode_update(&edits[1])).to_vec()),
+        (
+            "awareness",
+            frame(
+                &doc,
+                &encode_awareness(&awareness(3, Some(r#"{"user":"ada"}"#))),
+            )
+            .to_vec(),
+        ),
+        (
+            "query-awareness",
+            frame(&doc, &encode_query_awareness()).to_vec(),
+        ),
+        (
+            "stateless",
+            frame(&doc, &stateless_body(r#"{"follow":1}"#)).to_vec(),
+        ),
+        ("close", frame(&doc, &[7]).to_vec()),
+        (
+            "session-key",
+            frame(&key_prefix("doc\0session-1"), &encode_query_awareness()).to_vec(),
+        ),
+        ("pong", PONG.to_vec()),
+        ("server-only-type", frame(&doc, &[6, 0]).to_vec()),
+        ("truncated-key", vec![9, b'd']),
     ]
 }
 
