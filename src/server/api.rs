@@ -288,6 +288,8 @@ async fn room_info(shared: &Shared, room: &str) -> Response {
         "log_entries": stats.log_entries,
         "log_bytes": stats.log_bytes,
         "last_change_ms": last_change_ms,
+        "roster": info.as_ref().map_or_else(Vec::new, |info| info.roster.clone()),
+        "editor": info.as_ref().and_then(|info| info.editor.clone()),
     }))
     .into_response()
 }
