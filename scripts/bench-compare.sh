@@ -9,6 +9,9 @@
 #   SCENARIOS="edit storm" scripts/bench-compare.sh
 #   SERVERS="ycord hocuspocus" scripts/bench-compare.sh
 #
+# `ycord-hocuspocus` is ycord again, measured with Hocuspocus clients (--protocol hocuspocus,
+# one socket per client at the root URL), the same clients as `hocuspocus`.
+#
 # The reference server is installed into $PEER_DIR (a temporary folder unless given);
 # Hocuspocus with `npm ci` from scripts/peers/package-lock.json into scripts/peers/node_modules
 # (not committed; better-sqlite3 compiles from source there, which takes a few minutes once).
@@ -20,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-$PWD/bench-results}
 SCENARIOS=${SCENARIOS:-"idle edit storm replay"}
-SERVERS=${SERVERS:-"ycord node hocuspocus"}
+SERVERS=${SERVERS:-"ycord node hocuspocus ycord-hocuspocus"}
 PEER_DIR=${PEER_DIR:-$(mktemp -d)}
 mkdir -p "$RESULTS"
 
@@ -66,6 +69,13 @@ if wants ycord; then
     --max-connects-per-ip-per-sec 1000000 --max-updates-per-sec 1000000 \
     > "$RESULTS/ycord-server.log" 2>&1 &
   run_against ycord ws://127.0.0.1:18080 $!
+fi
+
+if wants ycord-hocuspocus; then
+  "$BIN/ycord" --listen 127.0.0.1:18081 --data-dir "$data/ycord-hocuspocus" \
+    --max-connects-per-ip-per-sec 1000000 --max-updates-per-sec 1000000 \
+    > "$RESULTS/ycord-hocuspocus-server.log" 2>&1 &
+  run_against ycord-hocuspocus ws://127.0.0.1:18081 $! hocuspocus
 fi
 
 if wants node; then

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Client, TestServer, WAIT, text};
 use futures_util::{SinkExt, StreamExt};
@@ -634,4 +634,43 @@ async fn under_a_base_path_the_dialect_lives_at_the_base_itself() {
         let mut socket = Socket { socket };
         socket.open("under-base", "").await;
     }
+}
+
+#[tokio::test]
+async fn a_silent_editor_hands_the_role_to_a_connection_that_speaks() {
+    let server = TestServer::start_with(|config| config.awareness_timeout_secs = 1).await;
+    let mut silent = Socket::connect(&server).await;
+    silent.open("handover", "").await;
+    let mut speaking = Socket::connect(&server).await;
+    speaking.auth("handover", "").await;
+    let Reply::Stateless(roster) = speaking
+        .skip_to(
+            "handover",
+            |r| matches!(r, Reply::Stateless(e) if e["ycord"] == "roster"),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    let me = roster["you"]["connection"].clone();
+    assert_ne!(
+        roster["editor"]["connection"], me,
+        "the first to join is the editor"
+    );
+    // Speak (a query is a message like any other) until the sweeper hands the role over.
+    let handed_over = async {
+        loop {
+            speaking
+                .message("handover", &encode_query_awareness())
+                .await;
+            let reply = tokio::time::timeout(Duration::from_millis(300), speaking.next()).await;
+            if let Ok(Some((_, Reply::Stateless(event)))) = reply
+                && event["ycord"] == "editor"
+            {
+                return event;
+            }
+        }
+    };
+    let event = tokio::time::timeout(WAIT, handed_over).await.unwrap();
+    assert_eq!(event["editor"]["connection"], me);
 }
