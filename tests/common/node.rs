@@ -8,7 +8,13 @@ use std::time::Duration;
 
 /// Hard bound on one node scenario; the scripts time themselves out after 20 s.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
-const NODE_PACKAGES: &[&str] = &["yjs", "y-websocket", "y-protocols", "ws"];
+const NODE_PACKAGES: &[&str] = &[
+    "yjs",
+    "y-websocket",
+    "y-protocols",
+    "ws",
+    "@hocuspocus/provider",
+];
 
 pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
