@@ -76,7 +76,10 @@ pub fn hocuspocus_decode(data: &[u8]) {
     let body = match message {
         Message::Auth(Some(token)) => {
             let mut body = vec![2, 0];
-            body.write_string(token);
+            body.write_string(token.token);
+            if let Some(version) = token.provider_version {
+                body.write_string(version);
+            }
             body
         }
         // The server's Auth subtypes, which a client's frame only carries by mistake.

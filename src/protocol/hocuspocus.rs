@@ -97,15 +97,25 @@ pub enum Inbound<'a> {
 /// A client's message about one document.
 #[derive(Debug, PartialEq)]
 pub enum Message<'a> {
-    /// `Auth Token`: the token (empty when the application has none). `None` for the other
-    /// Auth subtypes, which only servers send and the stock server ignores from clients.
-    Auth(Option<&'a str>),
+    /// `Auth Token`. `None` for the other Auth subtypes, which only servers send and the stock
+    /// server ignores from clients.
+    Auth(Option<Token<'a>>),
     /// Sync, Awareness or QueryAwareness: a y-websocket message.
     Yjs(SyncMessage<'a>),
     /// An application message for the document's other connections.
     Stateless(&'a str),
     /// Detach this document; the socket stays open.
     Close,
+}
+
+/// A client's `Auth Token` message.
+#[derive(Debug, PartialEq)]
+pub struct Token<'a> {
+    /// The token; empty when the application has none.
+    pub token: &'a str,
+    /// The provider's version, which provider 4 appends (3 does not). Only providers that
+    /// send one understand [`PING`].
+    pub provider_version: Option<&'a str>,
 }
 
 /// Decodes one client frame. Bytes after the message are ignored (provider 4 appends its
@@ -134,7 +144,16 @@ pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, HocuspocusError> {
         MSG_AUTH => {
             let subtype: u64 = cursor.read_var()?;
             if subtype == AUTH_TOKEN {
-                Message::Auth(Some(read_string(&mut cursor)?))
+                let token = read_string(&mut cursor)?;
+                let provider_version = if cursor.has_content() {
+                    Some(read_string(&mut cursor)?)
+                } else {
+                    None
+                };
+                Message::Auth(Some(Token {
+                    token,
+                    provider_version,
+                }))
             } else {
                 Message::Auth(None)
             }
@@ -250,7 +269,10 @@ mod tests {
             decode(&auth).unwrap(),
             Inbound::Document {
                 key: "doc1",
-                message: Message::Auth(Some(""))
+                message: Message::Auth(Some(Token {
+                    token: "",
+                    provider_version: Some("4.8.0")
+                }))
             }
         );
         let step1 = [4, b'd', b'o', b'c', b'1', 0, 0, 1, 0];

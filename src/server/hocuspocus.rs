@@ -79,6 +79,9 @@ struct Socket {
     shared: Arc<Shared>,
     last_heard: Instant,
     heard_anything: bool,
+    /// Whether the client understands [`wire::PING`]: provider 4, which sends its version
+    /// with its token. Provider 3 would throw on it; it stays alive on awareness echoes.
+    answers_pings: bool,
 }
 
 /// Serves one Hocuspocus socket until it closes.
@@ -92,6 +95,7 @@ pub(super) async fn run(socket: WebSocket, shared: Arc<Shared>) {
         shared: shared.clone(),
         last_heard: Instant::now(),
         heard_anything: false,
+        answers_pings: false,
     };
     async move {
         tracing::debug!("connected");
@@ -203,7 +207,10 @@ impl Socket {
             .position(|document| &*document.key == key);
         let Some(index) = index else {
             return match message {
-                DocumentMessage::Auth(Some(token)) => self.open(key, token).await,
+                DocumentMessage::Auth(Some(token)) => {
+                    self.answers_pings |= token.provider_version.is_some();
+                    self.open(key, token.token).await
+                }
                 // A document not authenticated on this socket gets nothing.
                 _ => {
                     self.shared.metrics.reject("not_authenticated");
@@ -469,12 +476,16 @@ impl Socket {
         Ok(())
     }
 
-    /// A WebSocket ping, and the provider's own Ping: provider 4 closes a socket that received
-    /// no message for 30 s, and WebSocket pings do not count for it (browsers hide them).
+    /// A WebSocket ping, and the provider's own Ping to a provider that understands it:
+    /// provider 4 closes a socket that received no message for 30 s, and WebSocket pings do not
+    /// count for it (browsers hide them). Awareness echoes keep provider 3 (and 4) alive too.
     async fn keepalive(&mut self, interval: Duration) -> Result<(), End> {
         if self.last_heard.elapsed() > interval * 2 {
             tracing::info!("peer stopped answering pings");
             return Err(End::Gone);
+        }
+        if !self.answers_pings {
+            return bounded(self.socket.send(Message::Ping(Bytes::new()))).await;
         }
         bounded(self.socket.feed(Message::Ping(Bytes::new()))).await?;
         self.send(Bytes::from_static(wire::PING)).await
