@@ -200,6 +200,11 @@ impl ConnectionHandler {
         &self.room
     }
 
+    /// Changes what the connection may do (a refreshed token may grant another mode).
+    pub fn set_access(&mut self, access: Access) {
+        self.access = access;
+    }
+
     /// The awareness client IDs this connection set (and has not removed).
     pub fn controlled(&self) -> &HashSet<ClientID> {
         &self.controlled

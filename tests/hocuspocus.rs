@@ -35,6 +35,8 @@ struct Socket {
 enum Reply {
     Authenticated(String),
     PermissionDenied(String),
+    /// The server asks for a fresh token.
+    TokenRequest,
     SyncStep1,
     SyncStep2(Vec<u8>),
     Update(Vec<u8>),
@@ -165,6 +167,7 @@ fn decode(frame: &[u8]) -> Option<(String, Reply)> {
         },
         1 => Reply::Awareness(cursor.read_buf().unwrap().to_vec()),
         2 => match cursor.read_u8().unwrap() {
+            0 => Reply::TokenRequest,
             1 => Reply::PermissionDenied(cursor.read_string().unwrap().to_owned()),
             _ => Reply::Authenticated(cursor.read_string().unwrap().to_owned()),
         },
@@ -673,4 +676,37 @@ async fn a_silent_editor_hands_the_role_to_a_connection_that_speaks() {
     };
     let event = tokio::time::timeout(WAIT, handed_over).await.unwrap();
     assert_eq!(event["editor"]["connection"], me);
+}
+
+#[tokio::test]
+async fn a_token_refreshed_on_request_keeps_the_document_open() {
+    let server = auth_server().await;
+    let short = sign(json!({ "exp": now() + 2, "sub": "ada", "rooms": ["kept"], "mode": "rw" }));
+    let mut socket = Socket::connect(&server).await;
+    socket.open("kept", &short).await;
+    // Halfway through the token's life, the server asks for a fresh one (as it would a minute
+    // before the end of a longer one), and the provider answers with its Auth message.
+    assert_eq!(
+        socket.skip_to("kept", |r| *r == Reply::TokenRequest).await,
+        Reply::TokenRequest
+    );
+    socket.auth("kept", &token(&["kept"], "rw", "ada")).await;
+    // Past the first token's expiry the document still works.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    socket
+        .message("kept", &encode_update(&edit(4, "renewed")))
+        .await;
+    assert_eq!(socket.next_for("kept").await, Reply::SyncStatus(1));
+    assert_eq!(room_text(&server, "kept").await, "renewed");
+
+    // A refresh with a token that does not grant the room closes the document.
+    socket
+        .auth("kept", &token(&["elsewhere"], "rw", "ada"))
+        .await;
+    assert_eq!(
+        socket
+            .skip_to("kept", |r| matches!(r, Reply::PermissionDenied(_)))
+            .await,
+        Reply::PermissionDenied("token does not grant this room".into())
+    );
 }

@@ -232,6 +232,15 @@ pub fn encode_sync_status(prefix: &[u8], applied: bool) -> Bytes {
     Bytes::from(out)
 }
 
+/// `Auth Token` from the server: asks the provider for a fresh token, which it sends as it
+/// sent the first (`sendToken`, from the application's `token` function).
+pub fn encode_token_request(prefix: &[u8]) -> Bytes {
+    let mut out = prefix.to_vec();
+    out.write_var(MSG_AUTH);
+    out.write_var(AUTH_TOKEN);
+    Bytes::from(out)
+}
+
 /// `CLOSE(reason)`: the document is detached from the socket.
 pub fn encode_close(prefix: &[u8], reason: &str) -> Bytes {
     let mut out = prefix.to_vec();
@@ -357,6 +366,7 @@ mod tests {
             b"\x01d\x02\x01\x02no"
         );
         assert_eq!(&encode_close(&prefix, "bye")[..], b"\x01d\x07\x03bye");
+        assert_eq!(&encode_token_request(&prefix)[..], &[1, b'd', 2, 0]);
         assert_eq!(&stateless_body("x")[..], b"\x05\x01x");
     }
 

@@ -44,8 +44,10 @@ struct Document {
     subscription: Subscription,
     /// The document's connection in its room.
     connection: ConnectionId,
-    /// When the token that opened it expires.
+    /// When the token that opened it (or its latest refresh) expires.
     expires_by: Option<tokio::time::Instant>,
+    /// When to ask the provider for a fresh token (see [`refresh_at`]); `None` once asked.
+    refresh_by: Option<tokio::time::Instant>,
     /// Held until the document closes: the room stays loaded and counts the connection.
     _lease: RoomLease,
     shared: Arc<Shared>,
@@ -162,7 +164,8 @@ impl Socket {
         }
         self.documents
             .iter()
-            .filter_map(|document| document.expires_by)
+            .flat_map(|document| [document.refresh_by, document.expires_by])
+            .flatten()
             .min()
             .unwrap_or_else(|| tokio::time::Instant::now() + session::NEVER)
     }
@@ -222,8 +225,8 @@ impl Socket {
         document.subscription.signals.heard();
         let prefix = document.prefix.clone();
         match message {
-            // Already open: a provider recreated quickly resends its token; nothing changes.
-            DocumentMessage::Auth(_) => Ok(()),
+            DocumentMessage::Auth(Some(token)) => self.refresh(index, token.token).await,
+            DocumentMessage::Auth(None) => Ok(()),
             DocumentMessage::Close => {
                 self.documents.swap_remove(index);
                 self.send(wire::encode_close(&prefix, "provider_initiated"))
@@ -314,15 +317,15 @@ impl Socket {
             self.shared.metrics.clone(),
         );
         self.shared.metrics.documents_open.inc();
+        let (expires_by, refresh_by) = token_deadlines(grant.expires_at);
         self.documents.push(Document {
             key: key.into(),
             prefix: prefix.clone(),
             handler,
             subscription,
             connection,
-            expires_by: grant
-                .expires_at
-                .map(|at| tokio::time::Instant::now() + session::time_until(at)),
+            expires_by,
+            refresh_by,
             _lease: lease,
             shared: self.shared.clone(),
         });
@@ -336,6 +339,38 @@ impl Socket {
             self.send(wire::frame(&prefix, &roster)).await?;
         }
         Ok(())
+    }
+
+    /// A fresh token for an open document (the provider answers ycord's token request, or an
+    /// application recreated its provider): a valid one extends the document's life and sets
+    /// its access; an invalid one closes the document, as an expired one would.
+    async fn refresh(&mut self, index: usize, token: &str) -> Result<(), End> {
+        let Some(auth) = &self.shared.auth else {
+            return Ok(());
+        };
+        let document = &mut self.documents[index];
+        let room = wire::room_of(&document.key);
+        match auth.authorize_room(Some(token), room) {
+            Ok(claims) => {
+                (document.expires_by, document.refresh_by) =
+                    token_deadlines(Some(claims.expires_at()));
+                document.handler.set_access(claims.mode);
+                tracing::debug!(%room, "token refreshed");
+                Ok(())
+            }
+            Err(error) => {
+                self.shared
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&super::request::auth_reason(&error))
+                    .inc();
+                let document = self.documents.swap_remove(index);
+                let prefix = document.prefix.clone();
+                drop(document);
+                self.send(wire::encode_permission_denied(&prefix, &error.to_string()))
+                    .await
+            }
+        }
     }
 
     /// What the token allows in `room`, or the reason for PermissionDenied.
@@ -457,12 +492,18 @@ impl Socket {
         }
     }
 
-    /// Closes the documents whose token expired: PermissionDenied tells the provider, which
-    /// fires `authenticationFailed` (where applications fetch a new token).
+    /// Asks for fresh tokens when they are due, and closes the documents whose token expired:
+    /// PermissionDenied tells the provider, which fires `authenticationFailed`.
     async fn expire(&mut self) -> Result<(), End> {
         let now = tokio::time::Instant::now();
         let mut index = 0;
         while index < self.documents.len() {
+            let document = &mut self.documents[index];
+            if document.refresh_by.is_some_and(|by| by <= now) {
+                document.refresh_by = None;
+                let request = wire::encode_token_request(&document.prefix);
+                self.send(request).await?;
+            }
             if self.documents[index].expires_by.is_some_and(|by| by <= now) {
                 let document = self.documents.swap_remove(index);
                 let prefix = document.prefix.clone();
@@ -505,6 +546,23 @@ impl Socket {
         bounded(self.socket.flush()).await
     }
 }
+
+/// When a token granted at `expires_at` expires, and when to ask for a fresh one: a minute
+/// before, or halfway through a shorter lifetime.
+fn token_deadlines(
+    expires_at: Option<SystemTime>,
+) -> (Option<tokio::time::Instant>, Option<tokio::time::Instant>) {
+    let Some(expires_at) = expires_at else {
+        return (None, None);
+    };
+    let now = tokio::time::Instant::now();
+    let lifetime = session::time_until(expires_at);
+    let lead = (lifetime / 2).min(REFRESH_LEAD);
+    (Some(now + lifetime), Some(now + lifetime - lead))
+}
+
+/// How long before a token expires ycord asks the provider for a fresh one.
+const REFRESH_LEAD: Duration = Duration::from_secs(60);
 
 /// What a document may do, from its token.
 struct Grant {
