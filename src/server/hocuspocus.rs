@@ -86,15 +86,17 @@ struct Socket {
     answers_pings: bool,
 }
 
-/// Serves one Hocuspocus socket until it closes.
-pub(super) async fn run(socket: WebSocket, shared: Arc<Shared>) {
+/// Serves one Hocuspocus socket until it closes. Builds the session before its future, which
+/// then owns it: an `async fn` would hold the socket twice, as its argument and in the session
+/// (see *Idle memory* in BENCHMARKS.md; `session::run` does the same).
+pub(super) fn run(socket: WebSocket, shared: Arc<Shared>) -> impl Future<Output = ()> {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("hocuspocus", connection = id);
     let mut session = Socket {
         socket,
         documents: Vec::new(),
         next_poll: 0,
-        shared: shared.clone(),
+        shared,
         last_heard: Instant::now(),
         heard_anything: false,
         answers_pings: false,
@@ -105,13 +107,13 @@ pub(super) async fn run(socket: WebSocket, shared: Arc<Shared>) {
         session.documents.clear();
         match end {
             End::Close(refusal) => {
-                session::close(&mut session.socket, refusal, &shared.metrics).await;
+                let metrics = session.shared.metrics.clone();
+                session::close(&mut session.socket, refusal, &metrics).await;
             }
             End::Gone => tracing::debug!("peer gone"),
         }
     }
     .instrument(span)
-    .await;
 }
 
 impl Socket {
@@ -212,7 +214,9 @@ impl Socket {
             return match message {
                 DocumentMessage::Auth(Some(token)) => {
                     self.answers_pings |= token.provider_version.is_some();
-                    self.open(key, token.token).await
+                    // Boxed: the join's future is large, and an idle socket's future would
+                    // hold room for it (see *Idle memory* in BENCHMARKS.md).
+                    Box::pin(self.open(key, token.token)).await
                 }
                 // A document not authenticated on this socket gets nothing.
                 _ => {
@@ -225,7 +229,7 @@ impl Socket {
         document.subscription.signals.heard();
         let prefix = document.prefix.clone();
         match message {
-            DocumentMessage::Auth(Some(token)) => self.refresh(index, token.token).await,
+            DocumentMessage::Auth(Some(token)) => Box::pin(self.refresh(index, token.token)).await,
             DocumentMessage::Auth(None) => Ok(()),
             DocumentMessage::Close => {
                 self.documents.swap_remove(index);
@@ -244,11 +248,11 @@ impl Socket {
             }
             DocumentMessage::Yjs(Yjs::SyncStep2(update)) => {
                 let outcome = document.handler.receive_update(update, true)?;
-                self.acknowledge(&prefix, outcome).await
+                self.acknowledge(index, outcome).await
             }
             DocumentMessage::Yjs(Yjs::Update(update)) => {
                 let outcome = document.handler.receive_update(update, false)?;
-                self.acknowledge(&prefix, outcome).await
+                self.acknowledge(index, outcome).await
             }
             DocumentMessage::Yjs(Yjs::Awareness(payload)) => {
                 Ok(document.handler.receive_awareness(payload)?)
@@ -265,15 +269,22 @@ impl Socket {
     }
 
     /// `SyncStatus` for a client's update: applied (or known), or not; after a gap, the room's
-    /// SyncStep1 follows, and the client's answer is acknowledged in its turn.
-    async fn acknowledge(&mut self, prefix: &[u8], outcome: UpdateOutcome) -> Result<(), End> {
+    /// SyncStep1 follows, and the client's answer is acknowledged in its turn. When the room
+    /// has members behind, the session then yields, as a y-websocket session does, so that a
+    /// fast writer cannot starve the readers' tasks.
+    async fn acknowledge(&mut self, index: usize, outcome: UpdateOutcome) -> Result<(), End> {
+        let prefix = self.documents[index].prefix.clone();
+        let behind = self.documents[index].handler.room().members_behind();
         let stored = outcome == UpdateOutcome::Stored;
-        self.send(wire::encode_sync_status(prefix, stored)).await?;
+        self.send(wire::encode_sync_status(&prefix, stored)).await?;
         if let UpdateOutcome::Gap {
             resync: Some(step1),
         } = outcome
         {
-            self.send(wire::frame(prefix, &step1)).await?;
+            self.send(wire::frame(&prefix, &step1)).await?;
+        }
+        if behind {
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
@@ -318,6 +329,9 @@ impl Socket {
         );
         self.shared.metrics.documents_open.inc();
         let (expires_by, refresh_by) = token_deadlines(grant.expires_at);
+        // One at a time: most sockets hold one document, and a `Vec` would otherwise reserve
+        // room for four.
+        self.documents.reserve_exact(1);
         self.documents.push(Document {
             key: key.into(),
             prefix: prefix.clone(),
