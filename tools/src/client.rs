@@ -154,6 +154,8 @@ struct FrameEvents {
     denied: Option<String>,
     /// Hocuspocus ended the document's session (CLOSE), with its reason.
     closed: Option<String>,
+    /// Hocuspocus acknowledged an update of the client's (SyncStatus 1).
+    acknowledged: bool,
 }
 
 impl FrameEvents {
@@ -164,6 +166,7 @@ impl FrameEvents {
             && self.updates == 0
             && self.denied.is_none()
             && self.closed.is_none()
+            && !self.acknowledged
     }
 }
 
@@ -183,6 +186,7 @@ fn apply_frame(endpoint: &Endpoint, doc: &Doc, frame: &[u8]) -> Result<FrameEven
             }
             Event::Denied(reason) => events.denied = Some(reason),
             Event::Closed(reason) => events.closed = Some(reason),
+            Event::Acknowledged => events.acknowledged = true,
             Event::Authenticated | Event::Awareness(_) | Event::Other => {}
         }
     }
@@ -376,9 +380,10 @@ impl Connection {
     }
 
     /// Waits for the next binary frame that holds a sync message, applies it, and answers a
-    /// SyncStep1 in it; frames that hold nothing for the document (awareness,
-    /// acknowledgements) are skipped. Returns whether the document changed (a SyncStep2 or an
-    /// Update arrived). Sends the protocol's keepalive when this client has been silent for
+    /// SyncStep1 in it; frames that hold nothing for the document (awareness) are skipped.
+    /// Returns whether the document changed (a SyncStep2 or an Update arrived) or the server
+    /// acknowledged an update (Hocuspocus SyncStatus: a server need not echo a client's
+    /// update back to it). Sends the protocol's keepalive when this client has been silent for
     /// its interval.
     /// Cancel-safe as far as frames go: a frame is applied before anything is awaited (only
     /// the answer to a mid-session SyncStep1, which servers send on join, could be lost).
@@ -418,7 +423,7 @@ impl Connection {
                     if events.is_empty() || events.server_step1.is_some() && !events.step2 {
                         continue;
                     }
-                    return Ok(events.step2 || events.updates > 0);
+                    return Ok(events.step2 || events.updates > 0 || events.acknowledged);
                 }
                 Message::Close(frame) => return Err(Disconnect::closed(frame)),
                 // Pings are answered by tungstenite while reading.

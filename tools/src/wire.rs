@@ -93,6 +93,9 @@ pub enum Event<'a> {
     Denied(String),
     /// Hocuspocus: the server ended the document's session (CLOSE).
     Closed(String),
+    /// Hocuspocus: the server applied the client's update (SyncStatus 1). A server need not
+    /// echo an update to its sender: this tells the sender it arrived.
+    Acknowledged,
     /// Nothing the client acts on: acknowledgements, pings, other documents, Hocuspocus
     /// awareness.
     Other,
@@ -247,6 +250,9 @@ impl Endpoint {
                 _ => Event::Other,
             },
             HP_CLOSE => Event::Closed(cursor.read_string().map_err(malformed)?.to_owned()),
+            HP_SYNC_STATUS if cursor.read_var::<u64>().map_err(malformed)? == 1 => {
+                Event::Acknowledged
+            }
             HP_AWARENESS | HP_QUERY_AWARENESS | HP_SYNC_STATUS => Event::Other,
             // Stateless payloads and newer message types.
             _ => Event::Other,
@@ -355,7 +361,8 @@ mod tests {
             decode(b"\x04doc1\x00\x02\x01\x07"),
             vec![Event::Update(&[7])]
         );
-        assert_eq!(decode(b"\x04doc1\x08\x01"), vec![Event::Other]);
+        assert_eq!(decode(b"\x04doc1\x08\x01"), vec![Event::Acknowledged]);
+        assert_eq!(decode(b"\x04doc1\x08\x00"), vec![Event::Other]);
         assert_eq!(
             decode(b"\x04doc1\x07\x03bye"),
             vec![Event::Closed("bye".into())]
