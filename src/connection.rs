@@ -82,6 +82,9 @@ pub struct ConnectionHandler {
     resync_requested: bool,
     /// What the connection may still ask of the server.
     budgets: Buckets,
+    /// The connection's member in the room, when updates must name their origin (see
+    /// [`ConnectionHandler::with_origin`]).
+    origin: Option<ConnectionId>,
     metrics: Arc<Metrics>,
 }
 
@@ -192,8 +195,16 @@ impl ConnectionHandler {
             controlled: HashSet::new(),
             resync_requested: false,
             budgets: Buckets::new(budgets),
+            origin: None,
             metrics,
         }
+    }
+
+    /// Names the connection's member as the origin of its updates, so that a member that wants
+    /// no echo does not get its own updates back.
+    pub fn with_origin(mut self, connection: ConnectionId) -> ConnectionHandler {
+        self.origin = Some(connection);
+        self
     }
 
     pub fn room(&self) -> &Arc<Room> {
@@ -305,11 +316,10 @@ impl ConnectionHandler {
 
     /// Relays a client's stateless message to the document's other connections, within the
     /// stateless budgets. Larger than [`MAX_STATELESS_BYTES`] closes the connection (1009).
-    pub fn receive_stateless(
-        &mut self,
-        connection: ConnectionId,
-        payload: &str,
-    ) -> Result<(), Refusal> {
+    pub fn receive_stateless(&mut self, payload: &str) -> Result<(), Refusal> {
+        let Some(connection) = self.origin else {
+            return Ok(());
+        };
         if payload.len() > MAX_STATELESS_BYTES {
             self.metrics.limit_hit("stateless_size");
             return Err(Refusal::new(
@@ -400,7 +410,7 @@ impl ConnectionHandler {
         self.metrics
             .update_bytes_received
             .inc_by(update.len() as u64);
-        match self.room.apply_update(update) {
+        match self.room.apply_update_from(update, self.origin) {
             Ok(_) => Ok(UpdateOutcome::Stored),
             Err(
                 error @ (ApplyError::MissingPredecessors { .. }

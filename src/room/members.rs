@@ -117,6 +117,9 @@ struct Member {
     updates: queue::Sender<Bytes>,
     awareness: queue::Sender<Bytes>,
     stateless: Option<queue::Sender<Bytes>>,
+    /// Whether the member is sent its own updates back: y-websocket v4's sync status waits for
+    /// that echo; Hocuspocus acknowledges with SyncStatus, and the echo would only cost a frame.
+    echo: bool,
     signals: Arc<MemberSignals>,
 }
 
@@ -136,6 +139,7 @@ fn new_member(hears_stateless: bool) -> (Member, Subscription) {
         updates: update_tx,
         awareness: awareness_tx,
         stateless: stateless_tx,
+        echo: !hears_stateless,
         signals: signals.clone(),
     };
     let subscription = Subscription {
@@ -187,11 +191,15 @@ impl Members {
 
     /// Queues a document-update frame for every member. A member whose queue is full (in
     /// frames or in bytes) is removed and flagged as lagged; its session closes it with 1013.
-    /// Returns whether some member is behind (see [`BEHIND_WATERMARK`]).
-    pub(super) fn broadcast_update(&mut self, frame: &Bytes) -> bool {
+    /// Returns whether some member is behind (see [`BEHIND_WATERMARK`]). The update's `origin`
+    /// gets it too unless it wants no echo.
+    pub(super) fn broadcast_update(&mut self, frame: &Bytes, origin: Option<ConnectionId>) -> bool {
         let mut behind = false;
-        self.0
-            .retain(|_, member| match member.updates.try_send(frame.clone()) {
+        self.0.retain(|id, member| {
+            if !member.echo && origin == Some(*id) {
+                return true;
+            }
+            match member.updates.try_send(frame.clone()) {
                 Ok(()) => {
                     behind |= UPDATE_QUEUE_CAPACITY - member.updates.capacity() > BEHIND_WATERMARK
                         || member.updates.queued_bytes() > UPDATE_QUEUE_BYTES / 4;
@@ -203,7 +211,8 @@ impl Members {
                 }
                 // The session is gone and will unsubscribe; nothing to keep.
                 Err(queue::TrySendError::Closed(_)) => false,
-            });
+            }
+        });
         behind
     }
 

@@ -489,6 +489,16 @@ impl Room {
     /// queued for every member (the sender included: clients ignore what they have, and the
     /// echo is what y-websocket v4's sync status waits for). An invalid update changes nothing.
     pub fn apply_update(self: &Arc<Self>, update: &[u8]) -> Result<Applied, ApplyError> {
+        self.apply_update_from(update, None)
+    }
+
+    /// [`Room::apply_update`] for an update a member sent: that member gets it back only if
+    /// it wants the echo (y-websocket members do, Hocuspocus ones do not).
+    pub fn apply_update_from(
+        self: &Arc<Self>,
+        update: &[u8],
+        origin: Option<ConnectionId>,
+    ) -> Result<Applied, ApplyError> {
         let decoded = protocol::decode_update(update).map_err(ApplyError::InvalidUpdate)?;
         if decoded.has_subdocuments {
             return Err(ApplyError::InvalidUpdate(
@@ -528,7 +538,7 @@ impl Room {
         self.changes.touch();
         let behind = state
             .members
-            .broadcast_update(&protocol::encode_update(&delta));
+            .broadcast_update(&protocol::encode_update(&delta), origin);
         self.members_behind.store(behind, Ordering::Relaxed);
         self.metrics
             .broadcast_frames

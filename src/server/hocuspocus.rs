@@ -237,8 +237,7 @@ impl Socket {
                     .await
             }
             DocumentMessage::Stateless(payload) => {
-                let connection = document.connection;
-                Ok(document.handler.receive_stateless(connection, payload)?)
+                Ok(document.handler.receive_stateless(payload)?)
             }
             DocumentMessage::Yjs(Yjs::SyncStep1(state_vector)) => {
                 let answer = document.handler.sync_step1_reply(&state_vector)?;
@@ -326,7 +325,8 @@ impl Socket {
             grant.access,
             &MessageBudgets::with_update_rate(limits.max_updates_per_sec),
             self.shared.metrics.clone(),
-        );
+        )
+        .with_origin(connection);
         self.shared.metrics.documents_open.inc();
         let (expires_by, refresh_by) = token_deadlines(grant.expires_at);
         // One at a time: most sockets hold one document, and a `Vec` would otherwise reserve
