@@ -234,7 +234,7 @@ pub(crate) fn decode_untrusted<T, E: std::fmt::Display>(
 
 /// Reads a `varUint8Array`, returning a slice of the frame. A length beyond the frame's end is
 /// an error before any allocation happens.
-fn read_buf<'a>(cursor: &mut Cursor<'a>) -> Result<&'a [u8], ProtocolError> {
+pub(super) fn read_buf<'a>(cursor: &mut Cursor<'a>) -> Result<&'a [u8], ProtocolError> {
     let len: u64 = cursor.read_var()?;
     let remaining = cursor.buf.len() - cursor.next;
     let len = usize::try_from(len)

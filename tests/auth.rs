@@ -7,12 +7,9 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::node::{ensure_node_deps, run_node};
-use common::{Client, Seen, TestServer, WAIT, text};
+use common::{Client, Seen, TestServer, WAIT, now, sign, text};
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message;
@@ -21,23 +18,6 @@ use ycord::protocol;
 use yrs::{Doc, Text, Transact};
 
 const SECRET: &str = "test-secret-for-auth";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token with `claims`, signed with `secret`.
-fn sign(secret: &str, claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// A valid token for `rooms` in `mode` ("rw" or "ro"), expiring in an hour.
 fn token(rooms: &[&str], mode: &str) -> String {

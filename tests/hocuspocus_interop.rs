@@ -10,48 +10,13 @@
 mod common;
 mod ycord_bin;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use common::node::{NodeScript, ensure_node_deps, run_node};
-use common::{Client, TestServer, text};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use common::{Client, TestServer, now, sign, text, unique_room};
 use serde_json::json;
 use ycord_bin::{EXIT_WAIT, Ycord};
 use yrs::Doc;
 
 const SECRET: &str = "test-secret-for-hocuspocus";
-
-/// A room name no other test (or earlier run on a reused data dir) uses.
-fn unique_room(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token with `claims`, signed with `secret`.
-fn sign(secret: &str, claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 /// A valid token of user `sub` for `rooms` in `mode` ("rw" or "ro"), expiring in an hour.
 fn token(sub: &str, rooms: &[&str], mode: &str) -> String {

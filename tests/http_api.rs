@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::node::NodeScript;
 use common::{Client, TestServer, WAIT, get, get_json, http, metric_in, text};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use yrs::updates::decoder::Decode;
@@ -24,12 +23,7 @@ fn base(server: &TestServer) -> String {
 }
 
 fn sign(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::sign(SECRET, claims)
 }
 
 fn in_an_hour() -> u64 {

@@ -13,26 +13,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TestServer;
 use common::node::{SCRIPT_TIMEOUT, ensure_node_deps, interop_dir, run_node};
+use common::{TestServer, unique_room};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use ycord_bin::{EXIT_WAIT, Ycord};
-
-/// A room name no other test (or earlier run on a reused data dir) uses.
-fn unique_room(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// `node <script> <url> <room>` in the interop directory, killed when dropped.
 fn node(script: &str, url: &str, room: &str) -> Command {

@@ -54,15 +54,11 @@ pub const PONG: &[u8] = &[10];
 /// [`crate::room::MAX_ROOM_NAME_BYTES`]) plus a session suffix.
 pub const MAX_DOCUMENT_KEY_BYTES: usize = 2048;
 
-/// A frame that does not follow the Hocuspocus protocol.
+/// A frame that does not follow the Hocuspocus protocol. Framing errors (an empty frame, a
+/// truncated varint, a length past the end) and errors of the y-websocket message inside are
+/// the y-websocket codec's.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HocuspocusError {
-    #[error("empty frame")]
-    EmptyFrame,
-    #[error("truncated or malformed varint: {0}")]
-    Malformed(String),
-    #[error("length {len} exceeds the {remaining} bytes left in the frame")]
-    LengthOutOfBounds { len: u64, remaining: usize },
     #[error("a string is not UTF-8")]
     NotUtf8,
     #[error("document key longer than {MAX_DOCUMENT_KEY_BYTES} bytes")]
@@ -72,12 +68,12 @@ pub enum HocuspocusError {
     #[error("message type {0} is sent by servers only")]
     ServerOnly(u64),
     #[error(transparent)]
-    Sync(#[from] ProtocolError),
+    Frame(#[from] ProtocolError),
 }
 
 impl From<yrs::encoding::read::Error> for HocuspocusError {
     fn from(error: yrs::encoding::read::Error) -> Self {
-        HocuspocusError::Malformed(error.to_string())
+        HocuspocusError::Frame(error.into())
     }
 }
 
@@ -122,7 +118,7 @@ pub struct Token<'a> {
 /// version to the Auth token; older ones do not).
 pub fn decode(frame: &[u8]) -> Result<Inbound<'_>, HocuspocusError> {
     if frame.is_empty() {
-        return Err(HocuspocusError::EmptyFrame);
+        return Err(ProtocolError::EmptyFrame.into());
     }
     if frame == PONG {
         return Ok(Inbound::Pong);
@@ -176,14 +172,7 @@ pub fn room_of(key: &str) -> &str {
 
 /// Reads a lib0 `varString`: a length, then that many bytes of UTF-8.
 fn read_string<'a>(cursor: &mut Cursor<'a>) -> Result<&'a str, HocuspocusError> {
-    let len: u64 = cursor.read_var()?;
-    let remaining = cursor.buf.len() - cursor.next;
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|len| *len <= remaining)
-        .ok_or(HocuspocusError::LengthOutOfBounds { len, remaining })?;
-    let bytes = &cursor.buf[cursor.next..cursor.next + len];
-    cursor.next += len;
+    let bytes = super::read_buf(cursor)?;
     std::str::from_utf8(bytes).map_err(|_| HocuspocusError::NotUtf8)
 }
 
@@ -381,13 +370,14 @@ mod tests {
     fn rejects_malformed_frames() {
         let long_key = "k".repeat(MAX_DOCUMENT_KEY_BYTES + 1);
         let cases: Vec<(Vec<u8>, HocuspocusError)> = vec![
-            (vec![], HocuspocusError::EmptyFrame),
+            (vec![], ProtocolError::EmptyFrame.into()),
             (
                 vec![5, b'a'],
-                HocuspocusError::LengthOutOfBounds {
+                ProtocolError::LengthOutOfBounds {
                     len: 5,
                     remaining: 1,
-                },
+                }
+                .into(),
             ),
             (vec![2, 0xff, 0xfe, 0], HocuspocusError::NotUtf8),
             (message(&long_key, &[7]), HocuspocusError::KeyTooLong),
@@ -397,7 +387,7 @@ mod tests {
             (message("d", &[4, 0, 0]), HocuspocusError::ServerOnly(4)),
             (
                 message("d", &[0, 9]),
-                HocuspocusError::Sync(ProtocolError::UnknownSyncType(9)),
+                HocuspocusError::Frame(ProtocolError::UnknownSyncType(9)),
             ),
         ];
         for (frame, expected) in cases {

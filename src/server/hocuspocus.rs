@@ -23,6 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
+use super::request::count_auth_failure;
 use super::session::{self, End, WebSocket, bounded};
 use super::shared::{Shared, saturating_usize};
 use crate::auth::{Access, AuthError};
@@ -373,11 +374,7 @@ impl Socket {
                 Ok(())
             }
             Err(error) => {
-                self.shared
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&super::request::auth_reason(&error))
-                    .inc();
+                count_auth_failure(&self.shared.metrics, &error);
                 let document = self.documents.swap_remove(index);
                 let prefix = document.prefix.clone();
                 drop(document);
@@ -417,11 +414,7 @@ impl Socket {
                 subject: claims.sub,
             }),
             Err(error) => {
-                self.shared
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&super::request::auth_reason(&error))
-                    .inc();
+                count_auth_failure(&self.shared.metrics, &error);
                 Err(match error {
                     AuthError::Missing => "a token is required".to_owned(),
                     error => error.to_string(),

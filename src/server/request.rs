@@ -74,12 +74,17 @@ pub(super) fn auth_reason(error: &AuthError) -> Reason {
     }
 }
 
-/// Counts an auth failure and answers it ([`auth_status`]).
-pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::Response {
+/// Counts an auth failure in `ycord_auth_failures_total`, by [`auth_reason`].
+pub(super) fn count_auth_failure(metrics: &Metrics, error: &AuthError) {
     metrics
         .auth_failures
         .get_or_create(&auth_reason(error))
         .inc();
+}
+
+/// Counts an auth failure and answers it ([`auth_status`]).
+pub(super) fn auth_error(metrics: &Metrics, error: &AuthError) -> warp::reply::Response {
+    count_auth_failure(metrics, error);
     json_error(auth_status(error), &error.to_string())
 }
 
