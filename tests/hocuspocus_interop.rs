@@ -178,6 +178,25 @@ async fn stock_hocuspocus_bad_tokens_are_refused_per_document() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_hocuspocus_provider_refreshes_its_token_when_asked() {
+    ensure_node_deps();
+    let server = auth_server().await;
+    let room = unique_room("hp-refresh");
+    let short = sign(
+        SECRET,
+        json!({ "exp": now() + 3, "sub": "alice", "rooms": [&room], "mode": "rw" }),
+    );
+    let long = token("alice", &[&room], "rw");
+    run_node(
+        "hocuspocus_token_refresh.mjs",
+        &[&server.url(), &room, &short, &long, "3000"],
+    )
+    .await;
+    let view = y_websocket_view(&server, &room, Some(long.as_str())).await;
+    assert_eq!(text(&view.doc, "text"), "after refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_hocuspocus_read_only_token_syncs_but_cannot_write() {
     ensure_node_deps();
     let server = auth_server().await;
