@@ -10,7 +10,9 @@
 #   SERVERS="ycord hocuspocus" scripts/bench-compare.sh
 #
 # `ycord-hocuspocus` is ycord again, measured with Hocuspocus clients (--protocol hocuspocus,
-# one socket per client at the root URL), the same clients as `hocuspocus`.
+# one socket per client at the root URL), the same clients as `hocuspocus`. The scenario
+# `idle-documents` (Hocuspocus servers only, not in the default set) is
+# scripts/peers/idle-documents.mjs: the stock provider with 10 documents per socket.
 #
 # The reference server is installed into $PEER_DIR (a temporary folder unless given);
 # Hocuspocus with `npm ci` from scripts/peers/package-lock.json into scripts/peers/node_modules
@@ -37,7 +39,7 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 if wants node && [ ! -x "$PEER_DIR/node_modules/.bin/y-websocket" ]; then
   (cd "$PEER_DIR" && npm init -y >/dev/null && npm install --no-audit --no-fund @y/websocket-server@0.1.1 yjs@13 >/dev/null)
 fi
-if wants hocuspocus && [ ! -d "$HOCUSPOCUS_DIR/node_modules/@hocuspocus/server" ]; then
+if { wants hocuspocus || wants ycord-hocuspocus; } && [ ! -d "$HOCUSPOCUS_DIR/node_modules/@hocuspocus/provider" ]; then
   (cd "$HOCUSPOCUS_DIR" && npm ci --no-audit --no-fund >/dev/null)
 fi
 
@@ -55,6 +57,13 @@ run_against() {
   sleep 2
   for scenario in $SCENARIOS; do
     echo "== $name $scenario (load $(cut -d' ' -f1 /proc/loadavg))"
+    if [ "$scenario" = idle-documents ]; then
+      if [ "$protocol" = hocuspocus ]; then
+        node "$HOCUSPOCUS_DIR/idle-documents.mjs" "$url" "$pid" \
+          > "$RESULTS/$name-$scenario.json" 2> "$RESULTS/$name-$scenario.log" || echo "   (exit $?)"
+      fi
+      continue
+    fi
     # shellcheck disable=SC2046
     "$BIN/ycord-bench" $(scenario_args "$scenario") --url "$url" --protocol "$protocol" \
       --server-pid "$pid" --json \
