@@ -699,3 +699,44 @@ async fn a_token_refreshed_on_request_keeps_the_document_open() {
         Reply::PermissionDenied("token does not grant this room".into())
     );
 }
+
+#[tokio::test]
+async fn a_refreshed_token_sets_the_mode_and_must_name_the_same_user() {
+    let server = auth_server().await;
+    let mut alice = Socket::connect(&server).await;
+    alice.open("modes", &token(&["modes"], "rw", "alice")).await;
+    let mut bob = Socket::connect(&server).await;
+    bob.open("modes", &token(&["modes"], "rw", "bob")).await;
+
+    // Alice, the editor, refreshes with a read-only token: bob takes the role over, and
+    // alice's updates are refused from then on.
+    alice.auth("modes", &token(&["modes"], "ro", "alice")).await;
+    let Reply::Stateless(event) = bob
+        .skip_to(
+            "modes",
+            |r| matches!(r, Reply::Stateless(e) if e["ycord"] == "editor"),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(event["editor"]["user"], "bob");
+    alice
+        .message("modes", &encode_update(&edit(1, "nope")))
+        .await;
+    assert_eq!(
+        alice
+            .skip_to("modes", |r| matches!(r, Reply::SyncStatus(_)))
+            .await,
+        Reply::SyncStatus(0)
+    );
+
+    // A refresh naming another user closes the document.
+    bob.auth("modes", &token(&["modes"], "rw", "mallory")).await;
+    assert_eq!(
+        bob.skip_to("modes", |r| matches!(r, Reply::PermissionDenied(_)))
+            .await,
+        Reply::PermissionDenied("the new token names another user".into())
+    );
+    assert_eq!(room_text(&server, "modes").await, "");
+}

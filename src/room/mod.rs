@@ -402,6 +402,15 @@ impl Room {
         self.broadcast_event(state, &roster::relay_event(&sender, payload), Some(from));
     }
 
+    /// Changes whether a member may write, after a refreshed token changed its mode, and tells
+    /// everyone when that changed the active editor.
+    pub fn set_read_write(&self, connection: ConnectionId, read_write: bool) {
+        let state = &mut *self.state();
+        if let Some(editor) = state.roster.set_read_write(connection, read_write) {
+            self.broadcast_event(state, &roster::editor_event(editor.as_ref()), None);
+        }
+    }
+
     /// Hands the active editor's role over when its client has been silent for the awareness
     /// timeout while another candidate spoke (called by the sweeper).
     pub fn check_editor(&self) {

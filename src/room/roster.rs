@@ -77,6 +77,33 @@ impl Roster {
         Some((profile, Some(self.editor())))
     }
 
+    /// Changes whether a member may write (a refreshed token); returns the new editor when
+    /// that changed who it is: a writer turned reader gives the role up, and a reader turned
+    /// writer takes it when nobody holds it.
+    pub fn set_read_write(
+        &mut self,
+        connection: ConnectionId,
+        read_write: bool,
+    ) -> Option<Option<Identity>> {
+        let profile = self.members.get_mut(&connection)?;
+        if profile.read_write == read_write {
+            return None;
+        }
+        profile.read_write = read_write;
+        let user = profile.user.clone();
+        match self.editor {
+            Some(editor) if editor == connection && !read_write => {
+                self.editor = self.successor(&user, |_| true);
+                Some(self.editor())
+            }
+            None if read_write && is_candidate(&self.members[&connection]) => {
+                self.editor = Some(connection);
+                Some(self.editor())
+            }
+            _ => None,
+        }
+    }
+
     /// Hands the role to another candidate for which `speaks` holds, when the editor's does
     /// not (it went silent); returns the new editor.
     pub fn hand_over_if_silent(
@@ -244,6 +271,23 @@ mod tests {
         // Nobody speaks: the role stays where it is.
         assert_eq!(roster.hand_over_if_silent(|_| false), None);
         assert_eq!(roster.editor().unwrap().connection, 2);
+    }
+
+    #[test]
+    fn a_writer_turned_reader_gives_the_role_up() {
+        let mut roster = Roster::default();
+        roster.add(1, profile("alice", true));
+        roster.add(2, profile("bob", true));
+        assert_eq!(roster.set_read_write(2, true), None, "no change");
+        let change = roster.set_read_write(1, false).unwrap();
+        assert_eq!(change.unwrap().connection, 2);
+        roster.set_read_write(2, false);
+        assert_eq!(roster.editor(), None);
+        // A reader turned writer takes the vacant role.
+        assert_eq!(
+            roster.set_read_write(1, true).unwrap().unwrap().connection,
+            1
+        );
     }
 
     #[test]

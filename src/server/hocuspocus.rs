@@ -45,6 +45,8 @@ struct Document {
     subscription: Subscription,
     /// The document's connection in its room.
     connection: ConnectionId,
+    /// The `sub` of the token that opened it: a refresh must name the same user.
+    subject: Option<String>,
     /// When the token that opened it (or its latest refresh) expires.
     expires_by: Option<tokio::time::Instant>,
     /// When to ask the provider for a fresh token (see [`refresh_at`]); `None` once asked.
@@ -310,6 +312,7 @@ impl Socket {
         let connection = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
         let user: Arc<str> = grant
             .subject
+            .as_deref()
             .map_or_else(|| format!("connection-{connection}").into(), Into::into);
         tracing::debug!(%room, connection, %user, "document opened");
         let (subscription, greeting) = lease.room().subscribe_as(
@@ -339,6 +342,7 @@ impl Socket {
             handler,
             subscription,
             connection,
+            subject: grant.subject,
             expires_by,
             refresh_by,
             _lease: lease,
@@ -357,31 +361,38 @@ impl Socket {
     }
 
     /// A fresh token for an open document (the provider answers ycord's token request, or an
-    /// application recreated its provider): a valid one extends the document's life and sets
-    /// its access; an invalid one closes the document, as an expired one would.
+    /// application recreated its provider): a valid one for the same user extends the
+    /// document's life and sets its access (and its roster entry, so that a writer turned
+    /// reader gives up the editor's role); an invalid one, or one for another user, closes the
+    /// document, as an expired one would.
     async fn refresh(&mut self, index: usize, token: &str) -> Result<(), End> {
         let Some(auth) = &self.shared.auth else {
             return Ok(());
         };
         let document = &mut self.documents[index];
         let room = wire::room_of(&document.key);
-        match auth.authorize_room(Some(token), room) {
-            Ok(claims) => {
+        let refusal = match auth.authorize_room(Some(token), room) {
+            Ok(claims) if claims.sub == document.subject => {
                 (document.expires_by, document.refresh_by) =
                     token_deadlines(Some(claims.expires_at()));
                 document.handler.set_access(claims.mode);
-                tracing::debug!(%room, "token refreshed");
-                Ok(())
+                let read_write = claims.mode == Access::ReadWrite;
+                let room = document.handler.room().clone();
+                room.set_read_write(document.connection, read_write);
+                tracing::debug!(room = %room.name(), "token refreshed");
+                return Ok(());
             }
+            Ok(_) => "the new token names another user".to_owned(),
             Err(error) => {
                 count_auth_failure(&self.shared.metrics, &error);
-                let document = self.documents.swap_remove(index);
-                let prefix = document.prefix.clone();
-                drop(document);
-                self.send(wire::encode_permission_denied(&prefix, &error.to_string()))
-                    .await
+                error.to_string()
             }
-        }
+        };
+        let document = self.documents.swap_remove(index);
+        let prefix = document.prefix.clone();
+        drop(document);
+        self.send(wire::encode_permission_denied(&prefix, &refusal))
+            .await
     }
 
     /// What the token allows in `room`, or the reason for PermissionDenied.
