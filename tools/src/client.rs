@@ -230,6 +230,8 @@ pub struct Connection {
     endpoint: Endpoint,
     /// When this client last sent anything (for the keepalive some protocols need).
     last_sent: Instant,
+    /// Updates of this client's the server acknowledged (Hocuspocus SyncStatus).
+    acknowledged: u64,
 }
 
 impl Connection {
@@ -248,6 +250,7 @@ impl Connection {
             doc,
             endpoint: endpoint.clone(),
             last_sent: connected,
+            acknowledged: 0,
         };
         let timing = connection.handshake(connected, options).await?;
         Ok((connection, timing))
@@ -423,6 +426,7 @@ impl Connection {
                     if events.is_empty() || events.server_step1.is_some() && !events.step2 {
                         continue;
                     }
+                    self.acknowledged += u64::from(events.acknowledged);
                     return Ok(events.step2 || events.updates > 0 || events.acknowledged);
                 }
                 Message::Close(frame) => return Err(Disconnect::closed(frame)),
@@ -430,6 +434,11 @@ impl Connection {
                 _ => {}
             }
         }
+    }
+
+    /// How many of this client's updates the server acknowledged (Hocuspocus only).
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged
     }
 
     /// Closes with 1000 and waits (at most 2 s) for the server's close frame.

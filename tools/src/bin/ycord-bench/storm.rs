@@ -109,10 +109,14 @@ pub async fn run(args: &StormArgs) -> Result<StormReport, BenchError> {
         .await
         .map_err(|error| connection_error(&url, format!("sending the document: {error}")))?;
     let echo_deadline = load_start + target.client.sync_timeout;
-    while !covers(
-        &writer.doc().transact().state_vector(),
-        &document.state_vector,
-    ) {
+    // Loaded once the server echoed the document back or acknowledged it (a Hocuspocus
+    // server need not echo an update to its sender).
+    while writer.acknowledged() == 0
+        && !covers(
+            &writer.doc().transact().state_vector(),
+            &document.state_vector,
+        )
+    {
         match tokio::time::timeout_at(echo_deadline, writer.recv()).await {
             Ok(Ok(_)) => {}
             Ok(Err(disconnect)) => {
