@@ -740,3 +740,10 @@ async fn a_refreshed_token_sets_the_mode_and_must_name_the_same_user() {
     );
     assert_eq!(room_text(&server, "modes").await, "");
 }
+
+#[tokio::test]
+async fn a_socket_that_never_speaks_is_closed() {
+    let server = TestServer::start_with(|config| config.limits.first_message_secs = 1).await;
+    let mut socket = Socket::connect(&server).await;
+    assert_eq!(socket.closed().await, 1008);
+}

@@ -49,7 +49,7 @@ struct Document {
     subject: Option<String>,
     /// When the token that opened it (or its latest refresh) expires.
     expires_by: Option<tokio::time::Instant>,
-    /// When to ask the provider for a fresh token (see [`refresh_at`]); `None` once asked.
+    /// When to ask the provider for a fresh token (see [`token_deadlines`]); `None` once asked.
     refresh_by: Option<tokio::time::Instant>,
     /// Held until the document closes: the room stays loaded and counts the connection.
     _lease: RoomLease,
@@ -127,10 +127,11 @@ impl Socket {
         ping.tick().await;
         let first_message_by = tokio::time::Instant::now()
             + Duration::from_secs(self.shared.config.limits.first_message_secs);
+        let never = tokio::time::Instant::now() + session::NEVER;
         let deadline = tokio::time::sleep_until(first_message_by);
         tokio::pin!(deadline);
+        let shutdown = self.shared.shutdown.clone();
         loop {
-            let shutdown = self.shared.shutdown.clone();
             let step = tokio::select! {
                 _ = shutdown.cancelled() => {
                     Err(End::close(close_code::GOING_AWAY, "server shutting down"))
@@ -156,14 +157,22 @@ impl Socket {
             if let Err(end) = step {
                 return end;
             }
-            deadline
-                .as_mut()
-                .reset(self.next_deadline(first_message_by));
+            // Reset only when it moved (a document opened or closed, a token refreshed): a
+            // reset re-registers the timer, and this runs for every frame.
+            let next = self.next_deadline(first_message_by, never);
+            if deadline.deadline() != next {
+                deadline.as_mut().reset(next);
+            }
         }
     }
 
-    /// The first-message deadline until a message came, then the earliest token expiry.
-    fn next_deadline(&self, first_message_by: tokio::time::Instant) -> tokio::time::Instant {
+    /// The first-message deadline until a message came, then the earliest token refresh or
+    /// expiry; `never` without either.
+    fn next_deadline(
+        &self,
+        first_message_by: tokio::time::Instant,
+        never: tokio::time::Instant,
+    ) -> tokio::time::Instant {
         if !self.heard_anything {
             return first_message_by;
         }
@@ -172,7 +181,7 @@ impl Socket {
             .flat_map(|document| [document.refresh_by, document.expires_by])
             .flatten()
             .min()
-            .unwrap_or_else(|| tokio::time::Instant::now() + session::NEVER)
+            .unwrap_or(never)
     }
 
     fn receive(
