@@ -390,6 +390,20 @@ async fn sixty_documents_share_one_socket() {
         assert_eq!(&room_text(&server, key).await, key);
     }
     assert_eq!(server.metric("ycord_documents_open"), 60.0);
+
+    // Dropping the socket leaves every room: nothing stays behind.
+    drop(socket);
+    let left = async {
+        while server.metric("ycord_documents_open") != 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, left).await.unwrap();
+    for key in &keys {
+        let info = api(&server, &format!("/api/rooms/{key}")).await;
+        assert_eq!(info["connections"], 0, "{info}");
+        assert_eq!(info["roster"], json!([]), "{info}");
+    }
 }
 
 #[tokio::test]
@@ -746,4 +760,22 @@ async fn a_socket_that_never_speaks_is_closed() {
     let server = TestServer::start_with(|config| config.limits.first_message_secs = 1).await;
     let mut socket = Socket::connect(&server).await;
     assert_eq!(socket.closed().await, 1008);
+}
+
+#[tokio::test]
+async fn document_names_that_name_no_room_are_refused() {
+    let server = TestServer::start().await;
+    let mut socket = Socket::connect(&server).await;
+    let too_long = "x".repeat(ycord::room::MAX_ROOM_NAME_BYTES + 1);
+    for key in ["", "\0session-only", too_long.as_str()] {
+        socket.auth(key, "").await;
+        let Reply::PermissionDenied(reason) = socket.next_for(key).await else {
+            panic!("document {key:?} was not refused");
+        };
+        assert!(reason.starts_with("invalid document name"), "{reason}");
+    }
+    // A key longer than any room plus a session suffix is not a frame ycord reads.
+    let huge = "y".repeat(ycord::protocol::hocuspocus::MAX_DOCUMENT_KEY_BYTES + 1);
+    socket.auth(&huge, "").await;
+    assert_eq!(socket.closed().await, 1007);
 }
