@@ -271,11 +271,11 @@ impl ConnectionHandler {
             Inbound::SyncStep1(state_vector) => self.sync_step1_reply(&state_vector).map(Some),
             Inbound::SyncStep2(update) => {
                 let outcome = self.receive_update(update, true)?;
-                Ok(self.y_websocket_reply(outcome))
+                Ok(y_websocket_reply(outcome))
             }
             Inbound::Update(update) => {
                 let outcome = self.receive_update(update, false)?;
-                Ok(self.y_websocket_reply(outcome))
+                Ok(y_websocket_reply(outcome))
             }
             Inbound::Awareness(payload) => {
                 self.receive_awareness(payload)?;
@@ -283,16 +283,6 @@ impl ConnectionHandler {
             }
             Inbound::QueryAwareness => self.awareness_reply(),
             Inbound::Auth => Ok(None),
-        }
-    }
-
-    /// What y-websocket tells a client about its update: a read-only client is told with a
-    /// permission-denied Auth message; a gap is answered with the room's SyncStep1, if due.
-    fn y_websocket_reply(&self, outcome: UpdateOutcome) -> Option<Bytes> {
-        match outcome {
-            UpdateOutcome::Stored => None,
-            UpdateOutcome::ReadOnly => Some(protocol::encode_auth_denied(READ_ONLY_REASON)),
-            UpdateOutcome::Gap { resync } => resync,
         }
     }
 
@@ -305,9 +295,7 @@ impl ConnectionHandler {
 
     /// Applies a client's awareness update, within the awareness budgets.
     pub fn receive_awareness(&mut self, payload: &[u8]) -> Result<(), Refusal> {
-        self.take(Budget::Awareness)?;
-        self.check_credit(Budget::AwarenessBytes)?;
-        self.budgets.awareness_bytes.spend(payload.len() as u64);
+        self.meter(Budget::Awareness, Budget::AwarenessBytes, payload.len())?;
         self.metrics.awareness_received.inc();
         self.room
             .apply_awareness(payload, &mut self.controlled)
@@ -329,9 +317,7 @@ impl ConnectionHandler {
                 ),
             ));
         }
-        self.take(Budget::Stateless)?;
-        self.check_credit(Budget::StatelessBytes)?;
-        self.budgets.stateless_bytes.spend(payload.len() as u64);
+        self.meter(Budget::Stateless, Budget::StatelessBytes, payload.len())?;
         self.metrics.stateless_received.inc();
         self.room.relay_stateless(connection, payload);
         Ok(())
@@ -355,6 +341,15 @@ impl ConnectionHandler {
         } else {
             Err(self.over(budget))
         }
+    }
+
+    /// Takes one message's token from `count` and charges its `len` bytes to `bytes` (which
+    /// must not be in debt), or refuses the connection.
+    fn meter(&mut self, count: Budget, bytes: Budget, len: usize) -> Result<(), Refusal> {
+        self.take(count)?;
+        self.check_credit(bytes)?;
+        self.budgets.bucket(bytes).spend(len as u64);
+        Ok(())
     }
 
     /// Refuses the connection if a bytes budget is in debt (see [`TokenBucket::has_credit`]).
@@ -466,6 +461,16 @@ impl ConnectionHandler {
                 Refusal::new(close_code::INTERNAL_ERROR, error.to_string())
             }
         }
+    }
+}
+
+/// What y-websocket tells a client about its update: a read-only client is told with a
+/// permission-denied Auth message; a gap is answered with the room's SyncStep1, if due.
+fn y_websocket_reply(outcome: UpdateOutcome) -> Option<Bytes> {
+    match outcome {
+        UpdateOutcome::Stored => None,
+        UpdateOutcome::ReadOnly => Some(protocol::encode_auth_denied(READ_ONLY_REASON)),
+        UpdateOutcome::Gap { resync } => resync,
     }
 }
 

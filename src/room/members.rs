@@ -228,24 +228,27 @@ impl Members {
             }
         }
     }
-}
 
-impl Members {
     /// Queues a stateless body for every member that hears them, but `except`; returns how
-    /// many were queued and how many dropped on a full queue.
+    /// many were queued and how many dropped on a full queue. `body` is made once, and only
+    /// if some member hears it.
     pub(super) fn broadcast_stateless(
         &self,
-        body: &Bytes,
+        body: impl FnOnce() -> Bytes,
         except: Option<ConnectionId>,
     ) -> (u64, u64) {
+        let mut hearers = self
+            .0
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter_map(|(_, member)| member.stateless.as_ref())
+            .peekable();
+        if hearers.peek().is_none() {
+            return (0, 0);
+        }
+        let body = body();
         let (mut queued, mut dropped) = (0, 0);
-        for (id, member) in &self.0 {
-            let Some(stateless) = &member.stateless else {
-                continue;
-            };
-            if Some(*id) == except {
-                continue;
-            }
+        for stateless in hearers {
             match stateless.try_send(body.clone()) {
                 Ok(()) => queued += 1,
                 Err(queue::TrySendError::Full(_)) => dropped += 1,

@@ -332,7 +332,7 @@ impl Room {
     /// Adds an anonymous read-write member that hears no stateless messages (tests, benches).
     pub fn subscribe(&self, connection: ConnectionId) -> (Subscription, Greeting) {
         let profile = Profile {
-            user: format!("connection-{connection}").into(),
+            user: Profile::user_of(None, connection),
             read_write: true,
             hears_stateless: false,
         };
@@ -362,17 +362,17 @@ impl Room {
         let subscription = state.members.add(connection, hears);
         let user = profile.user.clone();
         let elected = state.roster.add(connection, profile);
-        if let Some(joined) = state.roster.identity(connection) {
-            let count = state.roster.connections_of(&user);
-            let event = roster::presence_event("joined", &joined, count);
-            self.broadcast_event(state, &event, Some(connection));
-        }
+        let joined = Identity {
+            user: user.clone(),
+            connection,
+        };
+        self.broadcast_event(state, Some(connection), |roster| {
+            roster::presence_event("joined", &joined, roster.connections_of(&user))
+        });
         if elected.is_some() {
-            self.broadcast_event(
-                state,
-                &roster::editor_event(elected.as_ref()),
-                Some(connection),
-            );
+            self.broadcast_event(state, Some(connection), |_| {
+                roster::editor_event(elected.as_ref())
+            });
         }
         let greeting = Greeting {
             sync_step1: document::sync_step1(state.awareness.doc()),
@@ -384,10 +384,16 @@ impl Room {
         (subscription, greeting)
     }
 
-    /// Queues one of ycord's events for the members that hear them, but `except`.
-    fn broadcast_event(&self, state: &RoomState, event: &str, except: Option<ConnectionId>) {
-        let body = protocol::hocuspocus::stateless_body(event);
-        let (queued, dropped) = state.members.broadcast_stateless(&body, except);
+    /// Queues one of ycord's events for the members that hear them, but `except`. The event is
+    /// only made when one does: most rooms have y-websocket members only.
+    fn broadcast_event(
+        &self,
+        state: &RoomState,
+        except: Option<ConnectionId>,
+        event: impl FnOnce(&Roster) -> String,
+    ) {
+        let body = || protocol::hocuspocus::stateless_body(&event(&state.roster));
+        let (queued, dropped) = state.members.broadcast_stateless(body, except);
         self.metrics.stateless_sent.inc_by(queued);
         self.metrics.stateless_dropped.inc_by(dropped);
     }
@@ -399,7 +405,7 @@ impl Room {
         let Some(sender) = state.roster.identity(from) else {
             return;
         };
-        self.broadcast_event(state, &roster::relay_event(&sender, payload), Some(from));
+        self.broadcast_event(state, Some(from), |_| roster::relay_event(&sender, payload));
     }
 
     /// Changes whether a member may write, after a refreshed token changed its mode, and tells
@@ -407,7 +413,7 @@ impl Room {
     pub fn set_read_write(&self, connection: ConnectionId, read_write: bool) {
         let state = &mut *self.state();
         if let Some(editor) = state.roster.set_read_write(connection, read_write) {
-            self.broadcast_event(state, &roster::editor_event(editor.as_ref()), None);
+            self.broadcast_event(state, None, |_| roster::editor_event(editor.as_ref()));
         }
     }
 
@@ -423,7 +429,7 @@ impl Room {
             .hand_over_if_silent(|id| members.heard_within(id, max_age_ms))
         {
             tracing::debug!(room = %self.name, connection = next.connection, "silent editor replaced");
-            self.broadcast_event(state, &roster::editor_event(Some(&next)), None);
+            self.broadcast_event(state, None, |_| roster::editor_event(Some(&next)));
         }
     }
 
@@ -442,10 +448,11 @@ impl Room {
                 user: profile.user.clone(),
                 connection,
             };
-            let count = state.roster.connections_of(&profile.user);
-            self.broadcast_event(state, &roster::presence_event("left", &left, count), None);
+            self.broadcast_event(state, None, |roster| {
+                roster::presence_event("left", &left, roster.connections_of(&left.user))
+            });
             if let Some(editor) = editor_change {
-                self.broadcast_event(state, &roster::editor_event(editor.as_ref()), None);
+                self.broadcast_event(state, None, |_| roster::editor_event(editor.as_ref()));
             }
         }
         members::remove_states(

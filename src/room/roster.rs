@@ -29,6 +29,14 @@ pub struct Profile {
     pub hears_stateless: bool,
 }
 
+impl Profile {
+    /// The user a connection is in the roster: its token's `sub`, or `connection-<id>`
+    /// without one.
+    pub fn user_of(subject: Option<&str>, connection: ConnectionId) -> Arc<str> {
+        subject.map_or_else(|| format!("connection-{connection}").into(), Into::into)
+    }
+}
+
 /// One connection as the events name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {

@@ -20,7 +20,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -28,10 +28,12 @@ use warp::Filter;
 use warp::http::StatusCode;
 
 use super::listener::{self, PendingUpgrade};
-use super::request::{auth_reason, auth_status, credentials as token, json_error, room_name};
+use super::request::{
+    Grant, auth_reason, auth_status, credentials as token, json_error, room_name,
+};
 use super::session;
 use super::shared::{Shared, saturating_usize};
-use crate::auth::{Access, AuthError, Claims};
+use crate::auth::{AuthError, Claims};
 use crate::error::JoinError;
 use crate::metrics::{Metrics, Reason};
 use crate::rooms::RoomLease;
@@ -288,32 +290,15 @@ fn credentials(
         .map_err(|error| Refusal::auth(room, &error))
 }
 
-/// What a connection may do in its room.
-struct Grant {
-    access: Access,
-    /// When the token expires, and the session is closed.
-    expires_at: Option<SystemTime>,
-    /// The token's `sub`, for logs.
-    subject: Option<String>,
-}
-
 /// Step 4: what the claims allow in `room`; with auth off, everything.
 fn room_access(claims: Option<Claims>, room: &str) -> Result<Grant, Refusal> {
     let Some(claims) = claims else {
-        return Ok(Grant {
-            access: Access::ReadWrite,
-            expires_at: None,
-            subject: None,
-        });
+        return Ok(Grant::unrestricted());
     };
     if !claims.allows_room(room) {
         return Err(Refusal::auth(room, &AuthError::RoomNotAllowed));
     }
-    Ok(Grant {
-        expires_at: Some(claims.expires_at()),
-        access: claims.mode,
-        subject: claims.sub,
-    })
+    Ok(Grant::from(claims))
 }
 
 /// One open WebSocket connection, counted until dropped.

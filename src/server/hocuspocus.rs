@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
-use super::request::count_auth_failure;
+use super::request::{Grant, count_auth_failure};
 use super::session::{self, End, WebSocket, bounded};
 use super::shared::{Shared, saturating_usize};
 use crate::auth::{Access, AuthError};
@@ -188,20 +188,11 @@ impl Socket {
         &mut self,
         inbound: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     ) -> Result<Option<Bytes>, End> {
-        let message = match inbound {
-            None => return Err(End::Gone),
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                return Err(session::read_error(
-                    error,
-                    self.shared.config.limits.max_message_bytes,
-                    &self.shared.metrics,
-                ));
-            }
-        };
+        let max_message_bytes = self.shared.config.limits.max_message_bytes;
+        let frame = session::inbound_frame(inbound, max_message_bytes, &self.shared.metrics)?;
         self.last_heard = Instant::now();
         self.heard_anything = true;
-        session::binary(message, &self.shared.metrics)
+        Ok(frame)
     }
 
     /// Handles one inbound frame: one message about one document.
@@ -319,10 +310,7 @@ impl Socket {
             Err(error) => return self.refuse_join(&prefix, room, error).await,
         };
         let connection = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let user: Arc<str> = grant
-            .subject
-            .as_deref()
-            .map_or_else(|| format!("connection-{connection}").into(), Into::into);
+        let user = Profile::user_of(grant.subject.as_deref(), connection);
         tracing::debug!(%room, connection, %user, "document opened");
         let (subscription, greeting) = lease.room().subscribe_as(
             connection,
@@ -421,18 +409,10 @@ impl Socket {
             ));
         }
         let Some(auth) = &self.shared.auth else {
-            return Ok(Grant {
-                access: Access::ReadWrite,
-                expires_at: None,
-                subject: None,
-            });
+            return Ok(Grant::unrestricted());
         };
         match auth.authorize_room(Some(token), room) {
-            Ok(claims) => Ok(Grant {
-                access: claims.mode,
-                expires_at: Some(claims.expires_at()),
-                subject: claims.sub,
-            }),
+            Ok(claims) => Ok(Grant::from(claims)),
             Err(error) => {
                 count_auth_failure(&self.shared.metrics, &error);
                 Err(match error {
@@ -481,26 +461,23 @@ impl Socket {
         let prefix = document.prefix.clone();
         match outbound {
             Outbound::Update(frame) => {
-                let mut frames = vec![wire::frame(&prefix, &frame)];
-                while frames.len() < session::MAX_FRAMES_PER_FLUSH {
-                    match document.subscription.updates.try_recv() {
-                        Ok(frame) => frames.push(wire::frame(&prefix, &frame)),
-                        Err(_) => break,
-                    }
+                // This frame and whatever else is already queued, then one flush.
+                let mut next = Some(frame);
+                let mut fed = 0;
+                while let Some(frame) = next {
+                    let framed = wire::frame(&prefix, &frame);
+                    self.shared.metrics.bytes_sent.inc_by(framed.len() as u64);
+                    bounded(self.socket.feed(Message::Binary(framed))).await?;
+                    fed += 1;
+                    next = (fed < session::MAX_FRAMES_PER_FLUSH)
+                        .then(|| document.subscription.updates.try_recv().ok())
+                        .flatten();
                 }
-                self.send_all(frames).await
+                bounded(self.socket.flush()).await
             }
             Outbound::Awareness(frame) => {
-                let frame = if document.subscription.signals.take_awareness_dropped() {
-                    while document.subscription.awareness.try_recv().is_ok() {}
-                    document
-                        .handler
-                        .room()
-                        .awareness_snapshot()
-                        .unwrap_or(frame)
-                } else {
-                    frame
-                };
+                let room = document.handler.room();
+                let frame = session::awareness_to_send(&mut document.subscription, room, frame);
                 self.send(wire::frame(&prefix, &frame)).await
             }
             Outbound::Stateless(body) => self.send(wire::frame(&prefix, &body)).await,
@@ -563,15 +540,6 @@ impl Socket {
         self.shared.metrics.bytes_sent.inc_by(frame.len() as u64);
         bounded(self.socket.send(Message::Binary(frame)))
     }
-
-    /// Writes frames, then flushes once.
-    async fn send_all(&mut self, frames: Vec<Bytes>) -> Result<(), End> {
-        for frame in frames {
-            self.shared.metrics.bytes_sent.inc_by(frame.len() as u64);
-            bounded(self.socket.feed(Message::Binary(frame))).await?;
-        }
-        bounded(self.socket.flush()).await
-    }
 }
 
 /// When a token granted at `expires_at` expires, and when to ask for a fresh one: a minute
@@ -590,13 +558,6 @@ fn token_deadlines(
 
 /// How long before a token expires ycord asks the provider for a fresh one.
 const REFRESH_LEAD: Duration = Duration::from_secs(60);
-
-/// What a document may do, from its token.
-struct Grant {
-    access: Access,
-    expires_at: Option<SystemTime>,
-    subject: Option<String>,
-}
 
 /// Waits until one document's queues give something: updates first, then presence, then
 /// stateless messages; the documents are polled from `next` on, round robin.

@@ -7,10 +7,40 @@ use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use super::shared::Shared;
-use crate::auth::{AuthError, token_from_request};
+use crate::auth::{Access, AuthError, Claims, token_from_request};
 use crate::error::RoomNameError;
 use crate::metrics::{Metrics, Reason};
 use crate::room::MAX_ROOM_NAME_BYTES;
+
+/// What a connection may do in a room, from its token's claims.
+pub(super) struct Grant {
+    pub(super) access: Access,
+    /// When the token expires, and the room is closed to the connection.
+    pub(super) expires_at: Option<std::time::SystemTime>,
+    /// The token's `sub`: the user in logs and the roster.
+    pub(super) subject: Option<String>,
+}
+
+impl Grant {
+    /// Everything, for ever: auth is off.
+    pub(super) fn unrestricted() -> Grant {
+        Grant {
+            access: Access::ReadWrite,
+            expires_at: None,
+            subject: None,
+        }
+    }
+}
+
+impl From<Claims> for Grant {
+    fn from(claims: Claims) -> Grant {
+        Grant {
+            expires_at: Some(claims.expires_at()),
+            access: claims.mode,
+            subject: claims.sub,
+        }
+    }
+}
 
 /// Extracts the request's token (`?token=` or `Authorization: Bearer`), if any.
 pub(super) fn credentials()

@@ -32,14 +32,14 @@ use crate::auth::Access;
 use crate::connection::{ConnectionHandler, InboundFrame, Refusal, close_code};
 use crate::limit::MessageBudgets;
 use crate::metrics::Metrics;
-use crate::room::{ConnectionId, Profile, Subscription};
+use crate::room::{ConnectionId, Profile, Room, Subscription};
 use crate::rooms::RoomLease;
 
 /// Longest a single send may take before the peer is considered gone.
 pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest the session reads on after sending its close frame, waiting for the client's.
-pub(super) const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Most queued frames written before one flush.
 pub(super) const MAX_FRAMES_PER_FLUSH: usize = 64;
@@ -105,10 +105,7 @@ pub fn run<'a>(
         room.subscribe_as(
             settings.connection,
             Profile {
-                user: settings.subject.as_deref().map_or_else(
-                    || format!("connection-{}", settings.connection).into(),
-                    Into::into,
-                ),
+                user: Profile::user_of(settings.subject.as_deref(), settings.connection),
                 read_write: settings.access == Access::ReadWrite,
                 hears_stateless: false,
             },
@@ -288,16 +285,10 @@ impl Session {
         inbound: Option<Result<Message, tungstenite::Error>>,
         settings: &Settings,
     ) -> Result<Option<Bytes>, End> {
-        let message = match inbound {
-            None => return Err(End::Gone),
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                return Err(read_error(error, settings.max_message_bytes, &self.metrics));
-            }
-        };
+        let frame = inbound_frame(inbound, settings.max_message_bytes, &self.metrics)?;
         self.last_heard = Instant::now();
         self.heard_anything = true;
-        binary(message, &self.metrics)
+        Ok(frame)
     }
 
     /// Handles one inbound binary frame, sending each reply as it is made.
@@ -333,22 +324,14 @@ impl Session {
         bounded(self.socket.flush()).await
     }
 
-    /// Sends an awareness frame; if frames were dropped for us meanwhile, sends the room's full
-    /// awareness state instead, which supersedes everything dropped.
+    /// Sends an awareness frame, or what supersedes it (see [`awareness_to_send`]).
     async fn send_awareness(
         &mut self,
         frame: Bytes,
         subscription: &mut Subscription,
     ) -> Result<(), End> {
-        if subscription.signals.take_awareness_dropped() {
-            while subscription.awareness.try_recv().is_ok() {}
-            match self.handler.room().awareness_snapshot() {
-                Some(snapshot) => self.send(snapshot).await,
-                None => self.send(frame).await,
-            }
-        } else {
-            self.send(frame).await
-        }
+        let frame = awareness_to_send(subscription, self.handler.room(), frame);
+        self.send(frame).await
     }
 
     async fn keepalive(&mut self, interval: Duration) -> Result<(), End> {
@@ -365,9 +348,34 @@ impl Session {
     }
 }
 
-/// The frame of a binary message; `None` for what does not end the session (pings are
-/// answered by the WebSocket layer, pongs only show the peer is there); text ends it (1003).
-pub(super) fn binary(message: Message, metrics: &Metrics) -> Result<Option<Bytes>, End> {
+/// The awareness frame a member is sent: `frame`, or, when frames were dropped for it
+/// meanwhile, the room's full awareness state, which supersedes everything dropped.
+pub(super) fn awareness_to_send(
+    subscription: &mut Subscription,
+    room: &Room,
+    frame: Bytes,
+) -> Bytes {
+    if !subscription.signals.take_awareness_dropped() {
+        return frame;
+    }
+    while subscription.awareness.try_recv().is_ok() {}
+    room.awareness_snapshot().unwrap_or(frame)
+}
+
+/// What the socket gave, for both dialects' sessions: the frame of a binary message; `None`
+/// for what does not end the session (pings are answered by the WebSocket layer, pongs only
+/// show the peer is there). The end of the stream, a close, a read error (see [`read_error`])
+/// and a text message (1003) end it.
+pub(super) fn inbound_frame(
+    inbound: Option<Result<Message, tungstenite::Error>>,
+    max_message_bytes: u64,
+    metrics: &Metrics,
+) -> Result<Option<Bytes>, End> {
+    let message = match inbound {
+        None => return Err(End::Gone),
+        Some(Ok(message)) => message,
+        Some(Err(error)) => return Err(read_error(error, max_message_bytes, metrics)),
+    };
     match message {
         Message::Binary(frame) => Ok(Some(frame)),
         Message::Text(_) => {
@@ -444,11 +452,7 @@ pub(super) fn time_until(deadline: SystemTime) -> Duration {
 /// tells the client not to resend it; a violation of the WebSocket protocol (an unmasked or
 /// malformed frame, an unknown opcode) gets 1002 and a text message that is not UTF-8 gets
 /// 1007 (RFC 6455, 7.4.1); anything else means the peer is gone.
-pub(super) fn read_error(
-    error: tungstenite::Error,
-    max_message_bytes: u64,
-    metrics: &Metrics,
-) -> End {
+fn read_error(error: tungstenite::Error, max_message_bytes: u64, metrics: &Metrics) -> End {
     use tungstenite::error::ProtocolError;
     match error {
         tungstenite::Error::Capacity(_) => {
