@@ -36,6 +36,9 @@ pub mod close_code {
     /// treats as permanent (`defaultShouldReconnect`): its clients stop reconnecting instead of
     /// uploading the deleted document again. Every other code, 1000 included, is retried.
     pub const ROOM_DELETED: u16 = 4410;
+    /// Nextcloud revoked the user's permission on the room's file (ExApp mode). Permanent for
+    /// the same reason as [`ROOM_DELETED`]; 1008 would make the client retry for ever.
+    pub const PERMISSION_REVOKED: u16 = 4403;
 }
 
 /// An empty v1 update: a SyncStep2 carrying nothing, which read-only clients may send.

@@ -19,6 +19,8 @@
 //! - [`error`]: every domain's error type, re-exported in one place.
 //! - [`limit`]: token buckets for update and connection rates.
 //! - [`metrics`]: the Prometheus metrics, one value per server.
+//! - [`nextcloud`]: ExApp mode: AppAPI authentication, per-file permissions asked of
+//!   Nextcloud, the app's lifecycle.
 //! - [`webhooks`]: signed, debounced change notifications to a URL.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets in `fuzz/`, replayed by the tests.
 //!
@@ -39,6 +41,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod limit;
 pub mod metrics;
+pub mod nextcloud;
 pub mod protocol;
 pub mod queue;
 pub mod room;

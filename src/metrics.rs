@@ -60,6 +60,12 @@ pub struct Metrics {
     pub store_errors: Family<Op, Counter>,
     /// Rooms taken out of service after a panic inside their critical section.
     pub rooms_broken: Counter,
+    /// ExApp mode: permission answers from Nextcloud (or its failure), by `reason`:
+    /// read_write, read_only, none, unavailable (cached answers are not counted).
+    pub nextcloud_lookups: Family<Reason, Counter>,
+    /// ExApp mode: open sessions whose permission Nextcloud changed, by `reason`: revoked,
+    /// read_only, read_write.
+    pub permission_changes: Family<Reason, Counter>,
 }
 
 /// A label naming a store operation.
@@ -108,6 +114,8 @@ impl Metrics {
             store_failing: Gauge::default(),
             store_errors: Family::default(),
             rooms_broken: Counter::default(),
+            nextcloud_lookups: Family::default(),
+            permission_changes: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -192,6 +200,16 @@ impl Metrics {
             "slow_client_disconnects",
             "Clients closed with 1013 for falling behind",
             metrics.slow_client_disconnects.clone(),
+        );
+        r.register(
+            "nextcloud_lookups",
+            "ExApp mode: file permissions asked of Nextcloud, by result (read_write, read_only, none, unavailable)",
+            metrics.nextcloud_lookups.clone(),
+        );
+        r.register(
+            "permission_changes",
+            "ExApp mode: open sessions whose file permission changed (revoked, read_only, read_write)",
+            metrics.permission_changes.clone(),
         );
         r.register(
             "limit_hits",

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use yrs::ClientID;
@@ -13,6 +13,7 @@ use yrs::sync::awareness::AwarenessUpdate;
 use yrs::sync::time::{Clock, SystemClock};
 use yrs::updates::encoder::Encode;
 
+use crate::auth::Access;
 use crate::protocol;
 use crate::queue;
 
@@ -58,6 +59,10 @@ pub const STATELESS_QUEUE_BYTES: usize = 1 << 20;
 /// document); see [`super::Room::apply_awareness`].
 pub const MAX_AWARENESS_CLIENTS: usize = 8;
 
+const ACCESS_UNCHANGED: u8 = 0;
+const ACCESS_READ_WRITE: u8 = 1;
+const ACCESS_READ_ONLY: u8 = 2;
+
 /// Flags a room raises for one member, read by that member's session.
 #[derive(Debug, Default)]
 pub struct MemberSignals {
@@ -67,6 +72,11 @@ pub struct MemberSignals {
     awareness_dropped: AtomicBool,
     /// The room was deleted under the member.
     deleted: AtomicBool,
+    /// The member's permission was revoked (ExApp mode) and it was removed: close with 4403.
+    revoked: AtomicBool,
+    /// A changed permission the session has not applied yet: [`ACCESS_UNCHANGED`],
+    /// [`ACCESS_READ_WRITE`] or [`ACCESS_READ_ONLY`].
+    access: AtomicU8,
     /// When the member's client last sent a message, in ms since the epoch (see
     /// [`MemberSignals::heard`]): a silent active editor hands its role over.
     heard_at_ms: AtomicU64,
@@ -81,6 +91,24 @@ impl MemberSignals {
     /// Whether the room was deleted under this member.
     pub fn deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Whether the member was removed because its permission was revoked.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Returns and clears a permission change the session must apply to its handler. One load
+    /// per inbound frame when nothing changed.
+    pub fn take_access(&self) -> Option<Access> {
+        if self.access.load(Ordering::Acquire) == ACCESS_UNCHANGED {
+            return None;
+        }
+        match self.access.swap(ACCESS_UNCHANGED, Ordering::AcqRel) {
+            ACCESS_READ_WRITE => Some(Access::ReadWrite),
+            ACCESS_READ_ONLY => Some(Access::ReadOnly),
+            _ => None,
+        }
     }
 
     /// Records that the member's client just sent a message.
@@ -180,6 +208,25 @@ impl Members {
     /// Drops every member: their queues close and their sessions end.
     pub(super) fn clear(&mut self) {
         self.0.clear();
+    }
+
+    /// Removes a member whose permission was revoked: its queue closes, and its session,
+    /// finding [`MemberSignals::revoked`], closes the socket with 4403.
+    pub(super) fn revoke(&mut self, connection: ConnectionId) {
+        if let Some(member) = self.0.remove(&connection) {
+            member.signals.revoked.store(true, Ordering::Release);
+        }
+    }
+
+    /// Tells a member's session to apply a changed permission before its next message.
+    pub(super) fn change_access(&self, connection: ConnectionId, access: Access) {
+        if let Some(member) = self.0.get(&connection) {
+            let value = match access {
+                Access::ReadWrite => ACCESS_READ_WRITE,
+                Access::ReadOnly => ACCESS_READ_ONLY,
+            };
+            member.signals.access.store(value, Ordering::Release);
+        }
     }
 
     /// Drops every member, telling each the room was deleted.

@@ -33,6 +33,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, ReadTxn, StateVector, Transact};
 
+use crate::auth::Access;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::health::Refused;
@@ -415,6 +416,19 @@ impl Room {
         if let Some(editor) = state.roster.set_read_write(connection, read_write) {
             self.broadcast_event(state, None, |_| roster::editor_event(editor.as_ref()));
         }
+    }
+
+    /// Removes a member whose permission was revoked: its session closes it with 4403
+    /// ([`crate::connection::close_code::PERMISSION_REVOKED`]) and then leaves the room.
+    pub fn revoke(&self, connection: ConnectionId) {
+        self.state().members.revoke(connection);
+    }
+
+    /// Changes what a member may do (its permission changed while it was connected): its
+    /// session applies it before its next message, and the roster hears of a change of editor.
+    pub fn change_access(&self, connection: ConnectionId, access: Access) {
+        self.state().members.change_access(connection, access);
+        self.set_read_write(connection, access == Access::ReadWrite);
     }
 
     /// Hands the active editor's role over when its client has been silent for the awareness
