@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+use crate::nextcloud::{AppApiCredentials, ExAppSettings};
 use crate::room::RoomConfig;
 
 /// ycord: a collaborative document sync server for Yjs clients.
@@ -180,8 +181,94 @@ pub struct ServeConfig {
     #[arg(long, env = "YCORD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_ip_net)]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Listen on this unix socket instead of `--listen` (ExApp mode behind HaRP sets it from
+    /// `HP_EXAPP_SOCK`). A stale socket file left by a killed process is replaced.
+    #[arg(long, env = "YCORD_LISTEN_UNIX")]
+    pub listen_unix: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub exapp: ExAppArgs,
+
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Nextcloud External App mode (README, "Run inside Nextcloud"): on when `APP_ID` and
+/// `APP_SECRET` are set, as AppAPI does when it starts the container.
+#[derive(Debug, Clone, Args)]
+pub struct ExAppArgs {
+    /// The app id AppAPI registered (`EX-APP-ID` must equal it).
+    #[arg(long, env = "APP_ID", requires = "app_secret")]
+    pub app_id: Option<String>,
+
+    /// The secret AppAPI shares with the app (in `AUTHORIZATION-APP-API`).
+    #[arg(long, env = "APP_SECRET", hide_env_values = true, requires = "app_id")]
+    pub app_secret: Option<String>,
+
+    /// The app's version, sent in `EX-APP-VERSION`.
+    #[arg(long, env = "APP_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub app_version: String,
+
+    /// AppAPI's version, sent in `AA-VERSION`.
+    #[arg(long, env = "AA_VERSION", default_value = "32.0.0")]
+    pub aa_version: String,
+
+    /// Nextcloud's base URL, asked about file permissions and told of the app's progress.
+    #[arg(long, env = "NEXTCLOUD_URL")]
+    pub nextcloud_url: Option<String>,
+
+    /// Seconds a file permission answer from Nextcloud is reused for new sessions (0: ask
+    /// every time).
+    #[arg(long, env = "YCORD_ACL_CACHE_SECS", default_value_t = 30)]
+    pub acl_cache_secs: u64,
+
+    /// Seconds between checks of the file permissions of open sessions: a revoked one is
+    /// closed (4403), a changed one applied.
+    #[arg(long, env = "YCORD_ACL_RECHECK_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub acl_recheck_secs: u64,
+}
+
+/// Why ExApp mode cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExAppConfigError {
+    #[error("ExApp mode (APP_ID and APP_SECRET set) needs NEXTCLOUD_URL")]
+    NoNextcloudUrl,
+    #[error("NEXTCLOUD_URL {0:?} is not an http(s) URL")]
+    BadNextcloudUrl(String),
+    #[error("APP_HOST:APP_PORT {0:?} is not an address to listen on")]
+    BadListen(String),
+}
+
+impl ExAppArgs {
+    /// The ExApp settings, or `None` outside ExApp mode.
+    pub fn settings(&self) -> Result<Option<ExAppSettings>, ExAppConfigError> {
+        let (Some(app_id), Some(app_secret)) = (&self.app_id, &self.app_secret) else {
+            return Ok(None);
+        };
+        let url = self
+            .nextcloud_url
+            .as_deref()
+            .ok_or(ExAppConfigError::NoNextcloudUrl)?
+            .trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ExAppConfigError::BadNextcloudUrl(url.to_owned()));
+        }
+        Ok(Some(ExAppSettings {
+            credentials: AppApiCredentials {
+                app_id: app_id.clone(),
+                app_secret: app_secret.clone(),
+                app_version: self.app_version.clone(),
+                aa_version: self.aa_version.clone(),
+            },
+            nextcloud_url: url.to_owned(),
+            acl_cache: Duration::from_secs(self.acl_cache_secs),
+            acl_recheck: Duration::from_secs(self.acl_recheck_secs),
+        }))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.app_id.is_some() && self.app_secret.is_some()
+    }
 }
 
 /// Resource limits. Each refusal is counted in `ycord_limit_hits_total{reason=...}`.
@@ -268,13 +355,139 @@ impl ServeConfig {
         Duration::from_secs(self.ping_secs)
     }
 
-    /// The base path normalised to start and end with `/`.
+    /// In ExApp mode, takes from AppAPI's environment what the `YCORD_*` variables did not
+    /// set: the address (`APP_HOST:APP_PORT`, or the unix socket `HP_EXAPP_SOCK`, default
+    /// `/tmp/exapp.sock`, when HaRP's `HP_SHARED_KEY` is set) and the data directory
+    /// (`APP_PERSISTENT_STORAGE`). `env` reads a variable (`std::env::var` in the binary).
+    pub fn apply_exapp_environment(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ExAppConfigError> {
+        if !self.exapp.enabled() {
+            return Ok(());
+        }
+        if env("YCORD_DATA_DIR").is_none() {
+            if let Some(dir) = env("APP_PERSISTENT_STORAGE") {
+                self.data_dir = PathBuf::from(dir);
+            }
+        }
+        if self.listen_unix.is_none() && env("HP_SHARED_KEY").is_some() {
+            let socket = env("HP_EXAPP_SOCK").unwrap_or_else(|| "/tmp/exapp.sock".into());
+            self.listen_unix = Some(PathBuf::from(socket));
+        } else if env("YCORD_LISTEN").is_none() {
+            if let (Some(host), Some(port)) = (env("APP_HOST"), env("APP_PORT")) {
+                let address = format!("{host}:{port}");
+                self.listen = std::net::ToSocketAddrs::to_socket_addrs(&address)
+                    .ok()
+                    .and_then(|mut addresses| addresses.next())
+                    .ok_or(ExAppConfigError::BadListen(address))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The base path normalised to start and end with `/`. In ExApp mode it is `/ws/`: the
+    /// routes of `appinfo/info.xml` send only `/ws` and `/ws/...` to WebSockets.
     pub fn normalized_base_path(&self) -> String {
+        if self.exapp.enabled() {
+            return "/ws/".to_owned();
+        }
         let trimmed = self.base_path.trim_matches('/');
         if trimmed.is_empty() {
             "/".to_owned()
         } else {
             format!("/{trimmed}/")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration `ycord` alone gives, with AppAPI's id and secret.
+    fn exapp_config() -> ServeConfig {
+        let mut config = Cli::parse_from(["ycord"]).into_serve_config();
+        config.exapp.app_id = Some("ycord".into());
+        config.exapp.app_secret = Some("secret".into());
+        config.exapp.nextcloud_url = Some("http://nextcloud.local/".into());
+        config
+    }
+
+    fn environment(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        }
+    }
+
+    #[test]
+    fn appapis_environment_places_the_listener_and_the_data() {
+        let mut config = exapp_config();
+        let env = environment(&[
+            ("APP_HOST", "127.0.0.1"),
+            ("APP_PORT", "23001"),
+            ("APP_PERSISTENT_STORAGE", "/nc_app_ycord_data"),
+        ]);
+        config.apply_exapp_environment(env).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:23001".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/nc_app_ycord_data"));
+        assert_eq!(config.listen_unix, None);
+        assert_eq!(config.normalized_base_path(), "/ws/");
+        let settings = config.exapp.settings().unwrap().unwrap();
+        assert_eq!(settings.nextcloud_url, "http://nextcloud.local");
+
+        // Behind HaRP: the unix socket, by default /tmp/exapp.sock.
+        let mut harp = exapp_config();
+        let env = environment(&[("HP_SHARED_KEY", "k"), ("APP_PORT", "23001")]);
+        harp.apply_exapp_environment(env).unwrap();
+        assert_eq!(harp.listen_unix, Some(PathBuf::from("/tmp/exapp.sock")));
+
+        // YCORD_* variables win over AppAPI's.
+        let mut explicit = exapp_config();
+        let env = environment(&[
+            ("YCORD_LISTEN", "127.0.0.1:9000"),
+            ("YCORD_DATA_DIR", "/data"),
+            ("APP_HOST", "0.0.0.0"),
+            ("APP_PORT", "23001"),
+            ("APP_PERSISTENT_STORAGE", "/nc"),
+        ]);
+        explicit.apply_exapp_environment(env).unwrap();
+        assert_eq!(explicit.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(explicit.data_dir, PathBuf::from("./ycord-data"));
+    }
+
+    #[test]
+    fn outside_exapp_mode_appapis_variables_change_nothing() {
+        let mut config = Cli::parse_from(["ycord"]).into_serve_config();
+        let env = environment(&[("APP_PORT", "1"), ("HP_SHARED_KEY", "k")]);
+        config.apply_exapp_environment(env).unwrap();
+        assert_eq!(config.listen_unix, None);
+        assert_eq!(config.normalized_base_path(), "/");
+        assert!(config.exapp.settings().unwrap().is_none());
+    }
+
+    #[test]
+    fn exapp_mode_needs_a_nextcloud_url() {
+        let mut config = exapp_config();
+        config.exapp.nextcloud_url = None;
+        assert!(matches!(
+            config.exapp.settings(),
+            Err(ExAppConfigError::NoNextcloudUrl)
+        ));
+        config.exapp.nextcloud_url = Some("nextcloud.local".into());
+        assert!(matches!(
+            config.exapp.settings(),
+            Err(ExAppConfigError::BadNextcloudUrl(_))
+        ));
+        let mut bad_port = exapp_config();
+        let env = environment(&[("APP_HOST", "0.0.0.0"), ("APP_PORT", "port")]);
+        assert!(bad_port.apply_exapp_environment(env).is_err());
     }
 }

@@ -9,10 +9,10 @@ use std::time::Instant;
 /// Seconds' worth of rate a bucket holds: bursts up to this long are allowed.
 pub const BURST_SECONDS: f64 = 5.0;
 
-/// Most IP addresses tracked; beyond it, buckets that have refilled completely are dropped
+/// Most clients (addresses or users) tracked; beyond it, buckets that have refilled completely are dropped
 /// (they carry no information), and if none has, the table is cleared: a flood from more
 /// addresses than this is not something a per-IP limit can stop anyway.
-pub const MAX_TRACKED_IPS: usize = 65_536;
+pub const MAX_TRACKED_CLIENTS: usize = 65_536;
 
 /// A token bucket: `rate` tokens per second, holding at most `rate × BURST_SECONDS`.
 #[derive(Debug, Clone)]
@@ -148,33 +148,41 @@ impl MessageBudgets {
     }
 }
 
-/// Connection attempts per IP address.
+/// Connection attempts per client: its address, or behind HaRP (where every client arrives
+/// from the same proxy) its Nextcloud user.
 #[derive(Debug)]
-pub struct IpRateLimiter {
+pub struct ConnectRateLimiter {
     rate_per_sec: u64,
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    buckets: Mutex<HashMap<ClientKey, TokenBucket>>,
 }
 
-impl IpRateLimiter {
+/// Who a connect rate is counted for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Address(IpAddr),
+    NextcloudUser(String),
+}
+
+impl ConnectRateLimiter {
     pub fn new(rate_per_sec: u64) -> Self {
-        IpRateLimiter {
+        ConnectRateLimiter {
             rate_per_sec,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `ip` may open another connection now.
-    pub fn allow(&self, ip: IpAddr) -> bool {
+    /// Whether `client` may open another connection now.
+    pub fn allow(&self, client: ClientKey) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= MAX_TRACKED_IPS && !buckets.contains_key(&ip) {
+        if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
             let now = Instant::now();
             buckets.retain(|_, bucket| !bucket.is_full(now));
-            if buckets.len() >= MAX_TRACKED_IPS {
+            if buckets.len() >= MAX_TRACKED_CLIENTS {
                 buckets.clear();
             }
         }
         buckets
-            .entry(ip)
+            .entry(client)
             .or_insert_with(|| TokenBucket::new(self.rate_per_sec))
             .try_take()
     }
@@ -205,10 +213,12 @@ mod tests {
 
     #[test]
     fn addresses_have_separate_buckets() {
-        let limiter = IpRateLimiter::new(1);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        assert_eq!((0..10).filter(|_| limiter.allow(a)).count(), 5);
+        let limiter = ConnectRateLimiter::new(1);
+        let a = ClientKey::Address("127.0.0.1".parse().unwrap());
+        let b = ClientKey::Address("127.0.0.2".parse().unwrap());
+        let alice = ClientKey::NextcloudUser("alice".into());
+        assert_eq!((0..10).filter(|_| limiter.allow(a.clone())).count(), 5);
         assert!(limiter.allow(b));
+        assert_eq!((0..10).filter(|_| limiter.allow(alice.clone())).count(), 5);
     }
 }

@@ -9,7 +9,7 @@ use ycord::{Cli, Server};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match Cli::parse().into_action() {
+    let mut config = match Cli::parse().into_action() {
         Action::Serve(config) => config,
         Action::Admin(command) => return admin(command),
     };
@@ -24,6 +24,10 @@ async fn main() -> std::process::ExitCode {
             .with_env_filter(filter)
             .init(),
     }
+    if let Err(error) = config.apply_exapp_environment(|name| std::env::var(name).ok()) {
+        tracing::error!(%error, "cannot start");
+        return std::process::ExitCode::FAILURE;
+    }
     let server = match Server::start(config.clone()).await {
         Ok(server) => server,
         Err(error) => {
@@ -31,13 +35,21 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(
-        listen = %server.local_addr(),
-        data_dir = %config.data_dir.display(),
-        "ycord serving: clients connect to ws://{}{}<room>",
-        server.local_addr(),
-        config.normalized_base_path()
-    );
+    match (server.local_addr(), &config.listen_unix) {
+        (Some(addr), _) => tracing::info!(
+            listen = %addr,
+            data_dir = %config.data_dir.display(),
+            exapp = config.exapp.enabled(),
+            "ycord serving: clients connect to ws://{addr}{}<room>",
+            config.normalized_base_path()
+        ),
+        (None, socket) => tracing::info!(
+            listen = ?socket,
+            data_dir = %config.data_dir.display(),
+            exapp = config.exapp.enabled(),
+            "ycord serving on a unix socket"
+        ),
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: closing sockets, compacting and flushing rooms");
     server.shutdown();

@@ -19,7 +19,7 @@ use yrs::{Array, Doc, Map, ReadTxn, StateVector, Text, Transact, Update};
 const SECRET: &str = "http-api-secret";
 
 fn base(server: &TestServer) -> String {
-    format!("http://{}", server.server().local_addr())
+    format!("http://{}", server.addr())
 }
 
 fn sign(claims: Value) -> String {

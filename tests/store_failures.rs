@@ -30,7 +30,7 @@ async fn failing_server(adjust: impl FnOnce(&mut ServeConfig)) -> (TestServer, A
 }
 
 fn http_base(server: &TestServer) -> String {
-    format!("http://{}", server.server().local_addr())
+    format!("http://{}", server.addr())
 }
 
 async fn readyz(server: &TestServer) -> StatusCode {

@@ -187,7 +187,7 @@ impl Drop for WssClient {
 async fn two_wss_clients_sync_an_edit() {
     let certificate = Certificate::generate();
     let server = certificate.server().await;
-    let addr = server.server().local_addr();
+    let addr = server.addr();
     let mut alice = WssClient::connect(&certificate, addr, "file:text/1").await;
     let bob = WssClient::connect(&certificate, addr, "file:text/1").await;
     alice.insert("over tls").await;
@@ -201,7 +201,7 @@ async fn two_wss_clients_sync_an_edit() {
 async fn health_checks_are_served_over_https() {
     let certificate = Certificate::generate();
     let server = certificate.server().await;
-    let mut stream = certificate.tls_stream(server.server().local_addr()).await;
+    let mut stream = certificate.tls_stream(server.addr()).await;
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
@@ -228,6 +228,6 @@ async fn plain_websockets_to_the_tls_port_fail() {
     // The server is still fine for TLS clients, and no room was loaded by the attempt.
     let rendered = server.server().metrics().render();
     assert!(rendered.contains("ycord_rooms_loaded 0"), "{rendered}");
-    let client = WssClient::connect(&certificate, server.server().local_addr(), "doc").await;
+    let client = WssClient::connect(&certificate, server.addr(), "doc").await;
     assert_eq!(client.text(), "");
 }

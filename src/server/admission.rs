@@ -2,11 +2,15 @@
 //! session, in the order they run. Cheap checks come first, so a request refused by one never
 //! costs what a later one does, and every refusal is an HTTP error before any socket exists:
 //!
-//! 1. [`request`]: the path names a room (400) and the server is not shutting down (503);
+//! 1. [`request`]: the path names a room (400) and the server is serving: not shutting down,
+//!    not disabled by AppAPI (503);
 //! 2. [`address_limit`]: the client's address, the peer or what trusted proxies forwarded, is
-//!    under its connect rate (429, limit `connects_per_ip`);
+//!    under its connect rate (429, limit `connects_per_ip`); in ExApp mode, the Nextcloud user;
 //! 3. [`credentials`]: when auth is on, the token is present, signed and unexpired (401);
-//! 4. [`room_access`]: the token grants the room; its mode says read-write or read-only (403);
+//! 4. [`room_access`]: the token grants the room; its mode says read-write or read-only (403).
+//!    In ExApp mode ([`nextcloud_access`]) the request passed AppAPI's check already (401
+//!    otherwise, before this route), and a file room is granted by Nextcloud's answer for the
+//!    user (403, or 503 when Nextcloud does not answer); other rooms need a token as above;
 //! 5. [`connection_permit`]: the server is under its connection limit (503, limit
 //!    `connections`);
 //! 6. [`load_room`]: the room joins: under the room limit (503, limit `rooms`) and the room's
@@ -27,15 +31,18 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 use warp::http::StatusCode;
 
+use super::exapp::{self, RoomRefusal};
 use super::listener::{self, PendingUpgrade};
 use super::request::{
-    Grant, auth_reason, auth_status, credentials as token, json_error, room_name,
+    Grant, app_api_user, auth_reason, auth_status, credentials as token, json_error, room_name,
 };
 use super::session;
 use super::shared::{Shared, saturating_usize};
 use crate::auth::{AuthError, Claims};
 use crate::error::JoinError;
+use crate::limit::ClientKey;
 use crate::metrics::{Metrics, Reason};
+use crate::nextcloud::{AppApiUser, ExApp, FileWatch};
 use crate::rooms::RoomLease;
 
 type Response = warp::reply::Response;
@@ -68,6 +75,7 @@ pub(super) fn route(shared: &Arc<Shared>) -> warp::filters::BoxedFilter<(Respons
         .and(listener::client_ip(
             shared.config.trusted_proxies.clone().into(),
         ))
+        .and(app_api_user(shared))
         .and(with_shared)
         .then(upgrade)
         .boxed()
@@ -81,15 +89,16 @@ async fn upgrade(
     path: warp::path::FullPath,
     token: Option<String>,
     client: Option<IpAddr>,
+    user: Option<AppApiUser>,
     shared: Arc<Shared>,
 ) -> Response {
     if is_root(path.as_str(), &shared.base_path) {
-        return match admit_hocuspocus(&shared, client) {
-            Ok(permit) => hand_over_hocuspocus(&shared, pending, &key, permit),
+        return match admit_hocuspocus(&shared, client, user.as_ref()) {
+            Ok(permit) => hand_over_hocuspocus(&shared, pending, &key, permit, user),
             Err(refusal) => refusal.answer(&shared.metrics),
         };
     }
-    match admit(&shared, path.as_str(), token.as_deref(), client).await {
+    match admit(&shared, path.as_str(), token.as_deref(), client, user).await {
         Ok(Admitted {
             room: Loaded::Open(lease),
             grant,
@@ -117,14 +126,10 @@ fn is_root(path: &str, base_path: &str) -> bool {
 fn admit_hocuspocus(
     shared: &Arc<Shared>,
     client: Option<IpAddr>,
+    user: Option<&AppApiUser>,
 ) -> Result<ConnectionPermit, Refusal> {
-    if shared.shutdown.is_cancelled() {
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down",
-        ));
-    }
-    address_limit(shared, client)?;
+    serving(shared)?;
+    address_limit(shared, client, user)?;
     connection_permit(shared)
 }
 
@@ -134,6 +139,7 @@ fn hand_over_hocuspocus(
     pending: PendingUpgrade,
     key: &str,
     permit: ConnectionPermit,
+    user: Option<AppApiUser>,
 ) -> Response {
     let Some(on_upgrade) = pending.take() else {
         return json_error(StatusCode::BAD_REQUEST, "not an upgradable request");
@@ -144,7 +150,7 @@ fn hand_over_hocuspocus(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = server_socket(upgraded, Some(websocket_config)).await;
-                super::hocuspocus::run(socket, shared).await;
+                super::hocuspocus::run(socket, shared, user).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -177,11 +183,14 @@ async fn admit(
     path: &str,
     token: Option<&str>,
     client: Option<IpAddr>,
+    user: Option<AppApiUser>,
 ) -> Result<Admitted, Refusal> {
     let room = request(shared, path)?;
-    address_limit(shared, client)?;
-    let claims = credentials(shared, token, &room)?;
-    let grant = room_access(claims, &room)?;
+    address_limit(shared, client, user.as_ref())?;
+    let grant = match (&shared.exapp, &user) {
+        (Some(exapp), Some(user)) => nextcloud_access(shared, exapp, user, token, &room).await?,
+        _ => room_access(credentials(shared, token, &room)?, &room)?,
+    };
     let permit = connection_permit(shared)?;
     let room = load_room(shared, &room).await?;
     Ok(Admitted {
@@ -250,29 +259,76 @@ impl Refusal {
     }
 }
 
-/// Step 1: the room the path names, unless the server is shutting down.
+/// Step 1: the room the path names, unless the server is not serving.
 fn request(shared: &Shared, path: &str) -> Result<String, Refusal> {
     let room = room_name(path, &shared.base_path)
         .map_err(|error| Refusal::new(StatusCode::BAD_REQUEST, error.to_string()))?;
+    serving(shared)?;
+    Ok(room)
+}
+
+/// 503 while the server shuts down, or while AppAPI has the app disabled (ExApp mode).
+fn serving(shared: &Shared) -> Result<(), Refusal> {
     if shared.shutdown.is_cancelled() {
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down",
         ));
     }
-    Ok(room)
+    if shared
+        .exapp
+        .as_ref()
+        .is_some_and(|exapp| !exapp.is_enabled())
+    {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the app is disabled in Nextcloud",
+        ));
+    }
+    Ok(())
 }
 
-/// Step 2: the client's connect rate. `client` is `None` only for a request that did not come
-/// through [`listener::accept_loop`], which has no address to limit.
-fn address_limit(shared: &Shared, client: Option<IpAddr>) -> Result<(), Refusal> {
-    match client {
-        Some(ip) if !shared.connects_per_ip.allow(ip) => Err(Refusal::limit(
-            StatusCode::TOO_MANY_REQUESTS,
-            "connects_per_ip",
-            "too many connections from this address; retry later",
-        )),
-        _ => Ok(()),
+/// Step 2: the client's connect rate: per Nextcloud user in ExApp mode (behind HaRP every
+/// client arrives from the same address, or the unix socket), else per address. `client` is
+/// `None` for a request without an address (a unix socket) and no limit applies then.
+fn address_limit(
+    shared: &Shared,
+    client: Option<IpAddr>,
+    user: Option<&AppApiUser>,
+) -> Result<(), Refusal> {
+    let key = match (user.and_then(AppApiUser::id), client) {
+        (Some(user), _) => ClientKey::NextcloudUser(user.to_owned()),
+        (None, Some(ip)) => ClientKey::Address(ip),
+        (None, None) => return Ok(()),
+    };
+    if shared.connects.allow(key) {
+        return Ok(());
+    }
+    Err(Refusal::limit(
+        StatusCode::TOO_MANY_REQUESTS,
+        "connects_per_ip",
+        "too many connections from this client; retry later",
+    ))
+}
+
+/// Steps 3 and 4 in ExApp mode: a file room by Nextcloud's answer for the user (403, or 503
+/// when Nextcloud does not answer); any other room by a ycord token, when `--auth-secret`
+/// is set, else 403.
+async fn nextcloud_access(
+    shared: &Shared,
+    exapp: &ExApp,
+    user: &AppApiUser,
+    token: Option<&str>,
+    room: &str,
+) -> Result<Grant, Refusal> {
+    let refused = |refusal: RoomRefusal| match refusal {
+        RoomRefusal::Denied(reason) => Refusal::new(StatusCode::FORBIDDEN, reason),
+        RoomRefusal::Unavailable(reason) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason),
+    };
+    match exapp::file_grant(shared, exapp, user, room).await {
+        Some(grant) => grant.map_err(refused),
+        None if shared.auth.is_none() => Err(refused(exapp::not_a_file_room(shared, room))),
+        None => room_access(credentials(shared, token, room)?, room),
     }
 }
 
@@ -377,8 +433,10 @@ fn hand_over(
     };
     let limits = &shared.config.limits;
     let websocket_config = websocket_config(shared);
+    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let watch = exapp::watch(shared, &grant, connection, lease.room());
     let settings = session::Settings {
-        connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+        connection,
         subject: grant.subject,
         access: grant.access,
         expires_at: grant.expires_at,
@@ -386,7 +444,7 @@ fn hand_over(
         max_message_bytes: limits.max_message_bytes,
         max_updates_per_sec: limits.max_updates_per_sec,
         first_message_timeout: Duration::from_secs(limits.first_message_secs),
-        shutdown: shared.shutdown.clone(),
+        shutdown: shared.session_token(),
         metrics: shared.metrics.clone(),
     };
     shared.sessions.spawn(session_task(
@@ -394,7 +452,7 @@ fn hand_over(
         websocket_config,
         lease,
         settings,
-        permit,
+        (permit, watch),
     ));
     switching_protocols(key)
 }
@@ -406,7 +464,7 @@ async fn session_task(
     websocket_config: WebSocketConfig,
     lease: RoomLease,
     settings: session::Settings,
-    permit: ConnectionPermit,
+    held: (ConnectionPermit, Option<FileWatch>),
 ) {
     match on_upgrade.await {
         Ok(upgraded) => {
@@ -416,7 +474,7 @@ async fn session_task(
         Err(error) => tracing::debug!(%error, "upgrade failed"),
     }
     drop(lease);
-    drop(permit);
+    drop(held);
 }
 
 /// Answers a WebSocket join of a deleted room: the handshake completes and the socket is

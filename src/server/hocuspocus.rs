@@ -23,6 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
+use super::exapp::{self, RoomRefusal};
 use super::request::{Grant, count_auth_failure};
 use super::session::{self, End, WebSocket, bounded};
 use super::shared::{Shared, saturating_usize};
@@ -30,6 +31,7 @@ use crate::auth::{Access, AuthError};
 use crate::connection::{ConnectionHandler, UpdateOutcome, close_code};
 use crate::error::JoinError;
 use crate::limit::MessageBudgets;
+use crate::nextcloud::{AppApiUser, FileWatch};
 use crate::protocol::Inbound as Yjs;
 use crate::protocol::hocuspocus::{self as wire, Message as DocumentMessage};
 use crate::room::{ConnectionId, MAX_ROOM_NAME_BYTES, Profile, Subscription};
@@ -51,6 +53,8 @@ struct Document {
     expires_by: Option<tokio::time::Instant>,
     /// When to ask the provider for a fresh token (see [`token_deadlines`]); `None` once asked.
     refresh_by: Option<tokio::time::Instant>,
+    /// ExApp mode: a file's permission opened it, and is checked again while it is open.
+    watch: Option<FileWatch>,
     /// Held until the document closes: the room stays loaded and counts the connection.
     _lease: RoomLease,
     shared: Arc<Shared>,
@@ -87,12 +91,18 @@ struct Socket {
     /// Whether the client understands [`wire::PING`]: provider 4, which sends its version
     /// with its token. Provider 3 would throw on it; it stays alive on awareness echoes.
     answers_pings: bool,
+    /// ExApp mode: the Nextcloud user AppAPI named at the upgrade.
+    user: Option<AppApiUser>,
 }
 
 /// Serves one Hocuspocus socket until it closes. Builds the session before its future, which
 /// then owns it: an `async fn` would hold the socket twice, as its argument and in the session
 /// (see *Idle memory* in BENCHMARKS.md; `session::run` does the same).
-pub(super) fn run(socket: WebSocket, shared: Arc<Shared>) -> impl Future<Output = ()> {
+pub(super) fn run(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    user: Option<AppApiUser>,
+) -> impl Future<Output = ()> {
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("hocuspocus", connection = id);
     let mut session = Socket {
@@ -103,6 +113,7 @@ pub(super) fn run(socket: WebSocket, shared: Arc<Shared>) -> impl Future<Output 
         last_heard: Instant::now(),
         heard_anything: false,
         answers_pings: false,
+        user,
     };
     async move {
         tracing::debug!("connected");
@@ -130,7 +141,7 @@ impl Socket {
         let never = tokio::time::Instant::now() + session::NEVER;
         let deadline = tokio::time::sleep_until(first_message_by);
         tokio::pin!(deadline);
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.shared.session_token();
         loop {
             let step = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -230,6 +241,10 @@ impl Socket {
         };
         let document = &mut self.documents[index];
         document.subscription.signals.heard();
+        // ExApp mode: Nextcloud changed the user's permission on the file.
+        if let Some(access) = document.subscription.signals.take_access() {
+            document.handler.set_access(access);
+        }
         let prefix = document.prefix.clone();
         match message {
             DocumentMessage::Auth(Some(token)) => Box::pin(self.refresh(index, token.token)).await,
@@ -296,13 +311,24 @@ impl Socket {
     async fn open(&mut self, key: &str, token: &str) -> Result<(), End> {
         let prefix = wire::key_prefix(key);
         let room = wire::room_of(key);
-        let grant = match self.authorise(room, token) {
+        let decision = authorise(
+            self.shared.clone(),
+            self.user.clone(),
+            self.documents.len(),
+            room,
+            token,
+        );
+        let grant = match decision.await {
             Ok(grant) => grant,
-            Err(reason) => {
+            Err(RoomRefusal::Denied(reason)) => {
                 tracing::info!(%room, %reason, "document refused");
                 return self
                     .send(wire::encode_permission_denied(&prefix, &reason))
                     .await;
+            }
+            // Nextcloud did not answer: the provider reconnects and asks again.
+            Err(RoomRefusal::Unavailable(reason)) => {
+                return Err(End::close(close_code::TRY_AGAIN_LATER, reason));
             }
         };
         let lease = match self.shared.rooms.join(room).await {
@@ -330,6 +356,7 @@ impl Socket {
         .with_origin(connection);
         self.shared.metrics.documents_open.inc();
         let (expires_by, refresh_by) = token_deadlines(grant.expires_at);
+        let watch = exapp::watch(&self.shared, &grant, connection, lease.room());
         // One at a time: most sockets hold one document, and a `Vec` would otherwise reserve
         // room for four.
         self.documents.reserve_exact(1);
@@ -342,6 +369,7 @@ impl Socket {
             subject: grant.subject,
             expires_by,
             refresh_by,
+            watch,
             _lease: lease,
             shared: self.shared.clone(),
         });
@@ -367,6 +395,10 @@ impl Socket {
             return Ok(());
         };
         let document = &mut self.documents[index];
+        if document.watch.is_some() {
+            // Nextcloud's permission, not a token, opened it; the periodic check renews it.
+            return Ok(());
+        }
         let room = wire::room_of(&document.key);
         let refusal = match auth.authorize_room(Some(token), room) {
             Ok(claims) if claims.sub == document.subject => {
@@ -390,37 +422,6 @@ impl Socket {
         drop(document);
         self.send(wire::encode_permission_denied(&prefix, &refusal))
             .await
-    }
-
-    /// What the token allows in `room`, or the reason for PermissionDenied.
-    fn authorise(&self, room: &str, token: &str) -> Result<Grant, String> {
-        if room.is_empty() || room.len() > MAX_ROOM_NAME_BYTES {
-            self.shared.metrics.reject("invalid_document_name");
-            return Err(format!(
-                "invalid document name: 1 to {MAX_ROOM_NAME_BYTES} bytes"
-            ));
-        }
-        let max_documents =
-            saturating_usize(self.shared.config.limits.max_documents_per_connection);
-        if self.documents.len() >= max_documents {
-            self.shared.metrics.limit_hit("documents_per_connection");
-            return Err(format!(
-                "too many documents on this connection (at most {max_documents}); open another"
-            ));
-        }
-        let Some(auth) = &self.shared.auth else {
-            return Ok(Grant::unrestricted());
-        };
-        match auth.authorize_room(Some(token), room) {
-            Ok(claims) => Ok(Grant::from(claims)),
-            Err(error) => {
-                count_auth_failure(&self.shared.metrics, &error);
-                Err(match error {
-                    AuthError::Missing => "a token is required".to_owned(),
-                    error => error.to_string(),
-                })
-            }
-        }
     }
 
     /// Answers a join that failed: a deleted room, a full room or too many rooms are refused
@@ -489,6 +490,12 @@ impl Socket {
                 } else if signals.deleted() {
                     self.send(wire::encode_permission_denied(&prefix, "room deleted"))
                         .await
+                } else if signals.revoked() {
+                    self.send(wire::encode_permission_denied(
+                        &prefix,
+                        "permission revoked",
+                    ))
+                    .await
                 } else {
                     Err(End::close(close_code::GOING_AWAY, "room closed"))
                 }
@@ -539,6 +546,52 @@ impl Socket {
     fn send(&mut self, frame: Bytes) -> impl Future<Output = Result<(), End>> + '_ {
         self.shared.metrics.bytes_sent.inc_by(frame.len() as u64);
         bounded(self.socket.send(Message::Binary(frame)))
+    }
+}
+
+/// What the token allows in `room` (in ExApp mode, what Nextcloud lets the user do with
+/// a file room), or why not. Takes what it needs from the socket by value: the socket itself must not be held across
+/// Nextcloud's answer (it is not `Sync`).
+async fn authorise(
+    shared: Arc<Shared>,
+    user: Option<AppApiUser>,
+    open_documents: usize,
+    room: &str,
+    token: &str,
+) -> Result<Grant, RoomRefusal> {
+    if room.is_empty() || room.len() > MAX_ROOM_NAME_BYTES {
+        shared.metrics.reject("invalid_document_name");
+        return Err(RoomRefusal::Denied(format!(
+            "invalid document name: 1 to {MAX_ROOM_NAME_BYTES} bytes"
+        )));
+    }
+    let max_documents = saturating_usize(shared.config.limits.max_documents_per_connection);
+    if open_documents >= max_documents {
+        shared.metrics.limit_hit("documents_per_connection");
+        return Err(RoomRefusal::Denied(format!(
+            "too many documents on this connection (at most {max_documents}); open another"
+        )));
+    }
+    if let (Some(exapp), Some(user)) = (&shared.exapp, &user) {
+        if let Some(grant) = exapp::file_grant(&shared, exapp, user, room).await {
+            return grant;
+        }
+        if shared.auth.is_none() {
+            return Err(exapp::not_a_file_room(&shared, room));
+        }
+    }
+    let Some(auth) = &shared.auth else {
+        return Ok(Grant::unrestricted());
+    };
+    match auth.authorize_room(Some(token), room) {
+        Ok(claims) => Ok(Grant::from(claims)),
+        Err(error) => {
+            count_auth_failure(&shared.metrics, &error);
+            Err(RoomRefusal::Denied(match error {
+                AuthError::Missing => "a token is required".to_owned(),
+                error => error.to_string(),
+            }))
+        }
     }
 }
 

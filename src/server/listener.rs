@@ -198,11 +198,56 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Tl
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Where the server accepts connections: TCP, or a unix socket (ExApp mode behind HaRP,
+/// whose `frpc` forwards to it). A unix client has no address: per-address limits skip it.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Any accepted stream.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+impl Listener {
+    /// Binds a unix socket at `path`, replacing a stale socket file a killed process left
+    /// (refusing to replace anything that is not a socket).
+    pub fn bind_unix(path: &Path) -> std::io::Result<Listener> {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                ));
+            }
+            Err(_) => {}
+        }
+        tokio::net::UnixListener::bind(path).map(Listener::Unix)
+    }
+
+    async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, client) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Box::new(stream), Some(client)))
+            }
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Box::new(stream), None))
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, serving each with `service`; then waits for the
 /// open HTTP exchanges to finish (upgraded WebSockets are no longer HTTP and end on their own
 /// shutdown path).
 pub async fn accept_loop<S>(
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<TlsAcceptor>,
     service: S,
     shutdown: CancellationToken,
@@ -229,13 +274,14 @@ pub async fn accept_loop<S>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let service = service.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: http::Request<_>| {
-                request.extensions_mut().insert(ClientAddr(client));
+                if let Some(client) = client {
+                    request.extensions_mut().insert(ClientAddr(client));
+                }
                 if is_websocket_upgrade(&request) {
                     let upgrade = hyper::upgrade::on(&mut request);
                     request.extensions_mut().insert(PendingUpgrade(Arc::new(
@@ -262,11 +308,11 @@ pub async fn accept_loop<S>(
                         {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
-                                tracing::debug!(%client, %error, "TLS handshake failed");
+                                tracing::debug!(?client, %error, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
-                                tracing::debug!(%client, "TLS handshake timed out");
+                                tracing::debug!(?client, "TLS handshake timed out");
                                 return;
                             }
                         };
@@ -276,9 +322,18 @@ pub async fn accept_loop<S>(
                 }
             };
             if let Err(error) = served {
-                tracing::debug!(%client, %error, "connection ended with an error");
+                tracing::debug!(?client, %error, "connection ended with an error");
             }
         });
+    }
+    if let Listener::Unix(unix) = &listener {
+        if let Some(path) = unix
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned))
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -17,6 +17,7 @@
 
 mod admission;
 mod api;
+mod exapp;
 mod hocuspocus;
 mod listener;
 mod probes;
@@ -40,8 +41,9 @@ use warp::http::StatusCode;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::error::StoreError;
-use crate::limit::IpRateLimiter;
+use crate::limit::ConnectRateLimiter;
 use crate::metrics::Metrics;
+use crate::nextcloud::ExApp;
 use crate::rooms::{RoomLimits, Rooms};
 use crate::store::{RoomStore, SledStore, StoreHealth};
 use crate::webhooks::Webhooks;
@@ -67,6 +69,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on the unix socket {path}: {source}")]
+    BindUnix {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    ExApp(#[from] crate::config::ExAppConfigError),
     #[error("persisting rooms at shutdown failed: {0}")]
     Persist(#[from] StoreError),
     #[error("server task failed: {0}")]
@@ -78,7 +87,8 @@ pub enum ServerError {
 /// A running server. Dropping the handle does not stop it; call [`Server::shutdown`].
 #[derive(Debug)]
 pub struct Server {
-    local_addr: SocketAddr,
+    /// The TCP address bound; `None` when listening on a unix socket (`--listen-unix`).
+    local_addr: Option<SocketAddr>,
     /// Where `--metrics-listen` bound, if given.
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
@@ -104,16 +114,29 @@ impl Server {
         config: ServeConfig,
         store: Arc<dyn RoomStore>,
     ) -> Result<Server, ServerError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let exapp_settings = config.exapp.settings()?;
+        let (listener, local_addr) = match &config.listen_unix {
+            Some(path) => {
+                let listener = listener::Listener::bind_unix(path).map_err(|source| {
+                    ServerError::BindUnix {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                (listener, None)
+            }
+            None => {
+                let bind_error = |source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                };
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(bind_error)?;
+                let local_addr = listener.local_addr().map_err(bind_error)?;
+                (listener::Listener::Tcp(listener), Some(local_addr))
+            }
+        };
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -129,9 +152,12 @@ impl Server {
             .auth_secret
             .as_deref()
             .map(|secret| Authenticator::new(secret.as_bytes()));
-        if auth.is_none() && !local_addr.ip().is_loopback() {
+        if auth.is_none()
+            && exapp_settings.is_none()
+            && local_addr.is_some_and(|addr| !addr.ip().is_loopback())
+        {
             tracing::warn!(
-                listen = %local_addr,
+                listen = ?local_addr,
                 "listening on a non-loopback address WITHOUT authentication: anyone who can \
                  reach it can read and write every room (set --auth-secret)"
             );
@@ -157,6 +183,11 @@ impl Server {
             max_rooms: saturating_usize(config.limits.max_rooms),
             max_connections_per_room: saturating_usize(config.limits.max_connections_per_room),
         };
+        let exapp =
+            exapp_settings.map(|settings| ExApp::new(settings, metrics.clone(), shutdown.clone()));
+        if let Some(exapp) = &exapp {
+            tokio::spawn(exapp.clone().recheck_periodically());
+        }
         let shared = Arc::new(Shared {
             base_path: config.normalized_base_path(),
             rooms: Rooms::new(
@@ -168,7 +199,8 @@ impl Server {
             ),
             metrics: metrics.clone(),
             auth,
-            connects_per_ip: IpRateLimiter::new(config.limits.max_connects_per_ip_per_sec),
+            connects: ConnectRateLimiter::new(config.limits.max_connects_per_ip_per_sec),
+            exapp,
             open_connections: AtomicUsize::new(0),
             config,
             shutdown: shutdown.clone(),
@@ -177,7 +209,7 @@ impl Server {
         });
         if let Some(metrics_listener) = metrics_listener {
             tokio::spawn(listener::accept_loop(
-                metrics_listener,
+                listener::Listener::Tcp(metrics_listener),
                 None,
                 warp::service(probes::metrics_only(shared.clone())),
                 shared.shutdown.clone(),
@@ -195,8 +227,8 @@ impl Server {
         })
     }
 
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The TCP address actually bound (useful with port 0); `None` on a unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -229,7 +261,7 @@ impl Server {
 
 async fn serve(
     shared: Arc<Shared>,
-    listener: tokio::net::TcpListener,
+    listener: listener::Listener,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<(), ServerError> {
     let sweeper = tokio::spawn(sweep(shared.clone()));
@@ -303,23 +335,35 @@ fn routes(
         let shared = shared.clone();
         warp::any().map(move || shared.clone()).boxed()
     };
-    admission::route(&shared)
-        .or(probes::routes(with_shared.clone()))
+    // In ExApp mode every route but `/heartbeat` needs AppAPI's headers (401 without).
+    let app_api = request::app_api_user(&shared).map(|_| ()).untuple_one();
+    let metrics = shared.metrics.clone();
+    exapp::routes(&shared)
+        .or(admission::route(&shared))
         .unify()
-        .or(api::routes(
+        .or(app_api.clone().and(probes::routes(with_shared.clone())))
+        .unify()
+        .or(app_api.and(api::routes(
             with_shared,
             shared.config.limits.max_message_bytes,
-        ))
+        )))
         .unify()
-        .recover(|rejection: warp::Rejection| async move {
-            let (status, message) = if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body larger than --max-message-bytes",
-                )
-            } else {
-                (StatusCode::NOT_FOUND, "not found")
-            };
-            Ok::<_, Infallible>(request::json_error(status, message))
+        .recover(move |rejection: warp::Rejection| {
+            let metrics = metrics.clone();
+            async move {
+                if let Some(request::AppApiRejection(error)) = rejection.find() {
+                    return Ok::<_, Infallible>(request::app_api_refused(&metrics, *error));
+                }
+                let (status, message) =
+                    if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                        (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body larger than --max-message-bytes",
+                        )
+                    } else {
+                        (StatusCode::NOT_FOUND, "not found")
+                    };
+                Ok::<_, Infallible>(request::json_error(status, message))
+            }
         })
 }

@@ -1,5 +1,6 @@
 //! The endpoints infrastructure probes: `GET /healthz` (the process answers), `GET /readyz`
-//! (it can take writes) and `GET /metrics` (admin token when auth is on), plus the separate
+//! (it can take writes) and `GET /metrics` (admin token when auth is on; AppAPI's check in
+//! ExApp mode), plus the separate
 //! `--metrics-listen` listener.
 
 use std::convert::Infallible;
@@ -56,8 +57,12 @@ fn ready_reply(status: StatusCode, state: &str) -> warp::reply::Response {
 }
 
 async fn metrics(token: Option<String>, shared: Arc<Shared>) -> warp::reply::Response {
-    if let Some(refusal) = require_admin(&shared, token.as_deref()) {
-        return refusal;
+    // In ExApp mode the request passed AppAPI's check, and HaRP lets only Nextcloud admins
+    // reach `/metrics` (`appinfo/info.xml`): they carry no ycord token.
+    if shared.exapp.is_none() {
+        if let Some(refusal) = require_admin(&shared, token.as_deref()) {
+            return refusal;
+        }
     }
     render_metrics(&shared).await
 }

@@ -2,6 +2,8 @@
 //! route refuses one (a JSON error, an auth failure counted by reason). Imported by the routes
 //! and the admission; it imports none of them.
 
+use std::sync::Arc;
+
 use percent_encoding::percent_decode_str;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
@@ -10,6 +12,7 @@ use super::shared::Shared;
 use crate::auth::{Access, AuthError, Claims, token_from_request};
 use crate::error::RoomNameError;
 use crate::metrics::{Metrics, Reason};
+use crate::nextcloud::{AppApiError, AppApiUser};
 use crate::room::MAX_ROOM_NAME_BYTES;
 
 /// What a connection may do in a room, from its token's claims.
@@ -17,8 +20,11 @@ pub(super) struct Grant {
     pub(super) access: Access,
     /// When the token expires, and the room is closed to the connection.
     pub(super) expires_at: Option<std::time::SystemTime>,
-    /// The token's `sub`: the user in logs and the roster.
+    /// The token's `sub`, or the Nextcloud user: the user in logs and the roster.
     pub(super) subject: Option<String>,
+    /// ExApp mode: the Nextcloud file whose permission granted the room, checked again while
+    /// the connection is open.
+    pub(super) file: Option<u64>,
 }
 
 impl Grant {
@@ -28,6 +34,7 @@ impl Grant {
             access: Access::ReadWrite,
             expires_at: None,
             subject: None,
+            file: None,
         }
     }
 }
@@ -38,6 +45,7 @@ impl From<Claims> for Grant {
             expires_at: Some(claims.expires_at()),
             access: claims.mode,
             subject: claims.sub,
+            file: None,
         }
     }
 }
@@ -54,6 +62,44 @@ pub(super) fn credentials()
         .map(|query: Option<String>, authorization: Option<String>| {
             token_from_request(query.as_deref(), authorization.as_deref())
         })
+}
+
+/// A request whose AppAPI headers were refused (ExApp mode): answered 401.
+#[derive(Debug)]
+pub(super) struct AppApiRejection(pub(super) AppApiError);
+
+impl warp::reject::Reject for AppApiRejection {}
+
+/// Who AppAPI says a request comes from, in ExApp mode (`None` outside it); a request with
+/// missing or forged AppAPI headers is rejected ([`AppApiRejection`]) before anything runs.
+pub(super) fn app_api_user(
+    shared: &Arc<Shared>,
+) -> impl Filter<Extract = (Option<AppApiUser>,), Error = warp::Rejection> + Clone + use<> {
+    let exapp = shared.exapp.clone();
+    warp::header::headers_cloned().and_then(move |headers: http::HeaderMap| {
+        let exapp = exapp.clone();
+        async move {
+            let Some(exapp) = exapp else {
+                return Ok(None);
+            };
+            exapp
+                .credentials()
+                .authenticate(&headers)
+                .map(Some)
+                .map_err(|error| warp::reject::custom(AppApiRejection(error)))
+        }
+    })
+}
+
+/// Answers an [`AppApiRejection`]: 401, counted in `auth_failures`.
+pub(super) fn app_api_refused(metrics: &Metrics, error: AppApiError) -> warp::reply::Response {
+    metrics
+        .auth_failures
+        .get_or_create(&Reason {
+            reason: error.reason(),
+        })
+        .inc();
+    json_error(StatusCode::UNAUTHORIZED, &error.to_string())
 }
 
 /// The room a request path names: the percent-decoded path after the base path. The query

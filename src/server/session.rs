@@ -225,7 +225,13 @@ impl Session {
                     Err(End::close(close_code::GOING_AWAY, "server shutting down"))
                 }
                 inbound = self.socket.next() => match self.receive(inbound, settings) {
-                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(Some(frame)) => {
+                        // ExApp mode: Nextcloud changed the user's permission on the file.
+                        if let Some(access) = subscription.signals.take_access() {
+                            self.handler.set_access(access);
+                        }
+                        self.handle(frame).await
+                    }
                     Ok(None) => Ok(()),
                     Err(end) => Err(end),
                 },
@@ -236,6 +242,10 @@ impl Session {
                     None if subscription.signals.deleted() => {
                         Err(End::close(close_code::ROOM_DELETED, "room deleted"))
                     }
+                    None if subscription.signals.revoked() => Err(End::close(
+                        close_code::PERMISSION_REVOKED,
+                        "permission revoked",
+                    )),
                     None => Err(End::close(close_code::GOING_AWAY, "room closed")),
                 },
                 frame = subscription.awareness.recv() => match frame {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+pub mod nextcloud;
 pub mod node;
 
 use tokio::task::JoinHandle;
@@ -79,7 +80,7 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("ws://{}", self.server().local_addr())
+        format!("ws://{}", self.addr())
     }
 
     pub fn room_url(&self, room: &str) -> String {
@@ -104,7 +105,7 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same address and data directory.
     pub async fn restart(&mut self) {
-        let addr = self.server().local_addr();
+        let addr = self.addr();
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = addr;
@@ -187,6 +188,34 @@ impl Client {
         let socket = ycord_tools::client::connect(url, &options)
             .await
             .expect("connect");
+        Self::over(socket, url, doc)
+    }
+
+    /// Connects with extra request headers (AppAPI's, as HaRP adds them) and completes the
+    /// sync handshake; the upgrade's HTTP status when it is refused.
+    pub async fn connect_with_headers(url: &str, headers: &http::HeaderMap) -> Result<Client, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().extend(headers.clone());
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade answered in time")
+        {
+            Ok((socket, _)) => {
+                let client = Self::over(socket, url, Doc::new());
+                client.send_sync_step1().await;
+                client.wait_until(|seen, _| seen.synced).await;
+                Ok(client)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(error) => panic!("upgrade failed: {error}"),
+        }
+    }
+
+    /// A client over an open socket to `url`'s room.
+    fn over(socket: Socket, url: &str, doc: Doc) -> Client {
         let endpoint = Endpoint::y_websocket(url);
         let (sink, stream) = socket.split();
         let awareness = Arc::new(Mutex::new(Awareness::new(Doc::new())));
@@ -352,9 +381,9 @@ pub fn text(doc: &Doc, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 impl TestServer {
-    /// The address the server listens on.
+    /// The address the server listens on (TCP).
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.server().local_addr()
+        self.server().local_addr().expect("a TCP listener")
     }
 }
 

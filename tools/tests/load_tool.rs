@@ -21,7 +21,7 @@ impl TestServer {
     }
 
     fn url(&self) -> String {
-        format!("ws://{}", self.server.local_addr())
+        format!("ws://{}", self.server.local_addr().expect("a TCP listener"))
     }
 }
 
