@@ -559,3 +559,26 @@ fn auth_answer(frame: &[u8]) -> Option<(String, u8, String)> {
     let text = cursor.read_string().ok()?.to_owned();
     Some((key, answer, text))
 }
+
+#[tokio::test]
+async fn at_most_16_searches_are_in_flight_when_editors_reconnect_at_once() {
+    let setup = setup(|_| {}).await;
+    setup.nextcloud.set_failure(Some(Failure::Hang));
+    let base = format!("ws://{}/ws", setup.server.addr());
+    let joins = tokio::spawn(futures_util::future::join_all((0..20).map(move |file| {
+        let url = format!("{base}/file:{file}");
+        async move {
+            Client::connect_with_headers(&url, &signed("alice"))
+                .await
+                .err()
+        }
+    })));
+    // Well before the 5 s lookup timeout: 16 asked, the others wait for a slot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(setup.nextcloud.calls().len(), 16);
+    let statuses = joins.await.unwrap();
+    assert!(
+        statuses.iter().all(|status| *status == Some(503)),
+        "{statuses:?}"
+    );
+}

@@ -17,6 +17,10 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of a SEARCH answer read: one file matches, seen through a few shares at most.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
+/// Most SEARCHes in flight at once: a reconnect storm of editors must not become as many
+/// concurrent PHP requests. Others wait for a slot, within the same [`LOOKUP_TIMEOUT`].
+const MAX_CONCURRENT_LOOKUPS: usize = 16;
+
 /// Most answers cached; a full cache drops its expired entries, then everything.
 const MAX_CACHED: usize = 10_000;
 
@@ -84,6 +88,7 @@ pub struct Permissions {
     /// `{NEXTCLOUD_URL}/remote.php/dav/`.
     search_url: String,
     client: reqwest::Client,
+    slots: tokio::sync::Semaphore,
     cache_for: Duration,
     cache: Mutex<HashMap<(String, u64), (Instant, FileAccess)>>,
 }
@@ -96,8 +101,10 @@ impl Permissions {
             client: reqwest::Client::builder()
                 .timeout(LOOKUP_TIMEOUT)
                 .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(MAX_CONCURRENT_LOOKUPS)
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
             cache_for,
             cache: Mutex::new(HashMap::new()),
         }
@@ -116,7 +123,12 @@ impl Permissions {
 
     /// Asks Nextcloud afresh (an open session's periodic check) and caches the answer.
     pub async fn refresh(&self, user: &str, file: u64) -> Result<FileAccess, LookupError> {
-        let access = self.search(user, file).await?;
+        let access = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+            let _slot = self.slots.acquire().await;
+            self.search(user, file).await
+        })
+        .await
+        .map_err(|_| LookupError::Timeout)??;
         if !self.cache_for.is_zero() {
             let mut cache = self.cache();
             if cache.len() >= MAX_CACHED {
