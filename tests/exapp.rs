@@ -29,11 +29,8 @@ struct Setup {
 
 async fn setup(adjust: impl FnOnce(&mut ServeConfig)) -> Setup {
     let nextcloud = StandIn::start(APP_ID, SECRET).await;
-    let url = nextcloud.url();
     let server = TestServer::start_with(|config| {
-        config.exapp.app_id = Some(APP_ID.into());
-        config.exapp.app_secret = Some(SECRET.into());
-        config.exapp.nextcloud_url = Some(url);
+        nextcloud.configure(config);
         adjust(config);
     })
     .await;
@@ -376,8 +373,7 @@ async fn nextcloud_failing_or_hanging_answers_503_never_401_or_403() {
         .unwrap()
         .port();
     let unreachable = TestServer::start_with(|config| {
-        config.exapp.app_id = Some(APP_ID.into());
-        config.exapp.app_secret = Some(SECRET.into());
+        setup.nextcloud.configure(config);
         config.exapp.nextcloud_url = Some(format!("http://127.0.0.1:{port}"));
     })
     .await;

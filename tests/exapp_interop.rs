@@ -36,11 +36,8 @@ async fn scenario(nextcloud: &StandIn, server_url: &str) {
 async fn stock_clients_get_the_files_permission_and_a_revoked_one_stops() {
     ensure_node_deps();
     let nextcloud = StandIn::start(APP_ID, SECRET).await;
-    let url = nextcloud.url();
     let server = TestServer::start_with(|config| {
-        config.exapp.app_id = Some(APP_ID.into());
-        config.exapp.app_secret = Some(SECRET.into());
-        config.exapp.nextcloud_url = Some(url);
+        nextcloud.configure(config);
         config.exapp.acl_recheck_secs = 1;
     })
     .await;

@@ -55,17 +55,20 @@ pub struct ExApp {
     /// shutdown token, replaced by a fresh one at each disable.
     sessions: Mutex<CancellationToken>,
     shutdown: CancellationToken,
-    open_files: Mutex<HashMap<ConnectionId, OpenFile>>,
+    /// The sessions on file rooms, by user and file: what the periodic check asks about.
+    open_files: Mutex<HashMap<UserFile, HashMap<ConnectionId, OpenFile>>>,
     metrics: Arc<Metrics>,
 }
+
+/// A Nextcloud user and one of their files.
+type UserFile = (String, u64);
 
 /// A session on a file room, checked again periodically.
 #[derive(Debug)]
 struct OpenFile {
     room: Weak<Room>,
-    user: String,
-    file: u64,
-    access: Access,
+    /// What it may do now; `None` once revoked (until the closing session drops its guard).
+    access: Option<Access>,
 }
 
 impl ExApp {
@@ -158,18 +161,23 @@ impl ExApp {
     ) -> FileWatch {
         let open = OpenFile {
             room: Arc::downgrade(room),
-            user: user.to_owned(),
-            file,
-            access,
+            access: Some(access),
         };
-        self.lock_open_files().insert(connection, open);
+        let key = (user.to_owned(), file);
+        self.lock_open_files()
+            .entry(key.clone())
+            .or_default()
+            .insert(connection, open);
         FileWatch {
             exapp: Arc::downgrade(self),
+            key,
             connection,
         }
     }
 
-    fn lock_open_files(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, OpenFile>> {
+    fn lock_open_files(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<UserFile, HashMap<ConnectionId, OpenFile>>> {
         self.open_files
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -193,26 +201,21 @@ impl ExApp {
     /// changed: a revoked permission closes the sessions (4403), a changed one is applied to
     /// them. When Nextcloud does not answer, sessions keep what they had (and it is logged).
     pub async fn recheck(&self) {
-        let mut pairs: Vec<(String, u64)> = self
-            .lock_open_files()
-            .values()
-            .map(|open| (open.user.clone(), open.file))
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
+        let pairs: Vec<UserFile> = self.lock_open_files().keys().cloned().collect();
         let answers: Vec<_> = futures_util::stream::iter(pairs)
-            .map(|(user, file)| async move {
-                let answer = self.permissions.refresh(&user, file).await;
-                (user, file, answer)
+            .map(|key| async move {
+                let answer = self.permissions.refresh(&key.0, key.1).await;
+                (key, answer)
             })
             .buffer_unordered(RECHECK_CONCURRENCY)
             .collect()
             .await;
-        for (user, file, answer) in answers {
+        for (key, answer) in answers {
             self.count_lookup(&answer);
             match answer {
-                Ok(access) => self.apply(&user, file, access),
+                Ok(access) => self.apply(&key, access),
                 Err(error) => {
+                    let (user, file) = &key;
                     tracing::warn!(%user, file, %error, "permission check failed; sessions keep their access");
                 }
             }
@@ -220,36 +223,25 @@ impl ExApp {
     }
 
     /// Applies a fresh answer to the open sessions of `user` on `file`.
-    fn apply(&self, user: &str, file: u64, access: FileAccess) {
-        let mut open_files = self.lock_open_files();
+    fn apply(&self, key: &UserFile, access: FileAccess) {
+        let user = &key.0;
+        let access = match access {
+            FileAccess::ReadWrite => Some(Access::ReadWrite),
+            FileAccess::ReadOnly => Some(Access::ReadOnly),
+            FileAccess::None => None,
+        };
         let mut changes = Vec::new();
-        open_files.retain(|&connection, open| {
-            if open.user != user || open.file != file {
-                return true;
-            }
-            let Some(room) = open.room.upgrade() else {
-                return false;
-            };
-            match access {
-                FileAccess::None => {
-                    changes.push((room, connection, None));
-                    false
-                }
-                FileAccess::ReadWrite | FileAccess::ReadOnly => {
-                    let access = if access == FileAccess::ReadWrite {
-                        Access::ReadWrite
-                    } else {
-                        Access::ReadOnly
-                    };
-                    if open.access != access {
-                        open.access = access;
-                        changes.push((room, connection, Some(access)));
-                    }
-                    true
+        if let Some(sessions) = self.lock_open_files().get_mut(key) {
+            for (&connection, open) in sessions.iter_mut() {
+                let Some(room) = open.room.upgrade() else {
+                    continue;
+                };
+                if open.access.is_some() && open.access != access {
+                    open.access = access;
+                    changes.push((room, connection, access));
                 }
             }
-        });
-        drop(open_files);
+        }
         for (room, connection, access) in changes {
             let reason = match access {
                 None => {
@@ -313,13 +305,21 @@ impl ExApp {
 #[derive(Debug)]
 pub struct FileWatch {
     exapp: Weak<ExApp>,
+    key: UserFile,
     connection: ConnectionId,
 }
 
 impl Drop for FileWatch {
     fn drop(&mut self) {
-        if let Some(exapp) = self.exapp.upgrade() {
-            exapp.lock_open_files().remove(&self.connection);
+        let Some(exapp) = self.exapp.upgrade() else {
+            return;
+        };
+        let mut open_files = exapp.lock_open_files();
+        if let Some(sessions) = open_files.get_mut(&self.key) {
+            sessions.remove(&self.connection);
+            if sessions.is_empty() {
+                open_files.remove(&self.key);
+            }
         }
     }
 }

@@ -199,16 +199,12 @@ pub fn tls_acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, Tl
 }
 
 /// Where the server accepts connections: TCP, or a unix socket (ExApp mode behind HaRP,
-/// whose `frpc` forwards to it). A unix client has no address: per-address limits skip it.
+/// whose `frpc` forwards to it).
 #[derive(Debug)]
 pub enum Listener {
     Tcp(TcpListener),
     Unix(tokio::net::UnixListener),
 }
-
-/// Any accepted stream.
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 impl Listener {
     /// Binds a unix socket at `path`, replacing a stale socket file a killed process left
@@ -227,27 +223,39 @@ impl Listener {
         }
         tokio::net::UnixListener::bind(path).map(Listener::Unix)
     }
+}
 
-    async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, Option<SocketAddr>)> {
-        match self {
-            Listener::Tcp(listener) => {
-                let (stream, client) = listener.accept().await?;
-                let _ = stream.set_nodelay(true);
-                Ok((Box::new(stream), Some(client)))
-            }
-            Listener::Unix(listener) => {
-                let (stream, _) = listener.accept().await?;
-                Ok((Box::new(stream), None))
-            }
-        }
+/// A listener [`accept_loop`] serves: its streams, and the client's address where it has one.
+pub trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (stream, client) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Some(client)))
+    }
+}
+
+/// A unix client has no address: per-address limits skip it.
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok((stream, None))
     }
 }
 
 /// Accepts connections until `shutdown`, serving each with `service`; then waits for the
 /// open HTTP exchanges to finish (upgraded WebSockets are no longer HTTP and end on their own
 /// shutdown path).
-pub async fn accept_loop<S>(
-    listener: Listener,
+pub async fn accept_loop<L: Accept, S>(
+    listener: L,
     tls: Option<TlsAcceptor>,
     service: S,
     shutdown: CancellationToken,
@@ -325,15 +333,6 @@ pub async fn accept_loop<S>(
                 tracing::debug!(?client, %error, "connection ended with an error");
             }
         });
-    }
-    if let Listener::Unix(unix) = &listener {
-        if let Some(path) = unix
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(Path::to_owned))
-        {
-            let _ = std::fs::remove_file(path);
-        }
     }
     drop(listener);
     graceful.shutdown().await;

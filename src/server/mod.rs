@@ -209,7 +209,7 @@ impl Server {
         });
         if let Some(metrics_listener) = metrics_listener {
             tokio::spawn(listener::accept_loop(
-                listener::Listener::Tcp(metrics_listener),
+                metrics_listener,
                 None,
                 warp::service(probes::metrics_only(shared.clone())),
                 shared.shutdown.clone(),
@@ -267,13 +267,22 @@ async fn serve(
     let sweeper = tokio::spawn(sweep(shared.clone()));
     let stop_flusher = CancellationToken::new();
     let flusher = tokio::spawn(flush(shared.clone(), stop_flusher.clone()));
-    listener::accept_loop(
-        listener,
-        tls,
-        warp::service(routes(shared.clone())),
-        shared.shutdown.clone(),
-    )
-    .await;
+    let service = warp::service(routes(shared.clone()));
+    let stop = shared.shutdown.clone();
+    match listener {
+        listener::Listener::Tcp(tcp) => listener::accept_loop(tcp, tls, service, stop).await,
+        listener::Listener::Unix(unix) => {
+            let path = unix
+                .local_addr()
+                .ok()
+                .and_then(|address| address.as_pathname().map(std::path::Path::to_owned));
+            listener::accept_loop(unix, tls, service, stop).await;
+            // The next start would replace it; nothing should find a dead socket meanwhile.
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
     sweeper.abort();
     // Rooms refuse updates since `Server::shutdown`; sessions watch the same token and close
     // their sockets with 1001. The flusher keeps the durability window meanwhile.

@@ -74,21 +74,20 @@ impl warp::reject::Reject for AppApiRejection {}
 /// missing or forged AppAPI headers is rejected ([`AppApiRejection`]) before anything runs.
 pub(super) fn app_api_user(
     shared: &Arc<Shared>,
-) -> impl Filter<Extract = (Option<AppApiUser>,), Error = warp::Rejection> + Clone + use<> {
-    let exapp = shared.exapp.clone();
-    warp::header::headers_cloned().and_then(move |headers: http::HeaderMap| {
-        let exapp = exapp.clone();
-        async move {
-            let Some(exapp) = exapp else {
-                return Ok(None);
-            };
-            exapp
-                .credentials()
-                .authenticate(&headers)
-                .map(Some)
-                .map_err(|error| warp::reject::custom(AppApiRejection(error)))
-        }
-    })
+) -> warp::filters::BoxedFilter<(Option<AppApiUser>,)> {
+    let Some(exapp) = shared.exapp.clone() else {
+        return warp::any().map(|| None).boxed();
+    };
+    warp::header::headers_cloned()
+        .and_then(move |headers: http::HeaderMap| {
+            let verdict = exapp.credentials().authenticate(&headers);
+            async move {
+                verdict
+                    .map(Some)
+                    .map_err(|error| warp::reject::custom(AppApiRejection(error)))
+            }
+        })
+        .boxed()
 }
 
 /// Answers an [`AppApiRejection`]: 401, counted in `auth_failures`.

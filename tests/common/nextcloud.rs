@@ -138,6 +138,14 @@ impl StandIn {
         StandIn { state, port, task }
     }
 
+    /// Puts `config` in ExApp mode as this stand-in's app, asking it about permissions.
+    pub fn configure(&self, config: &mut ycord::ServeConfig) {
+        let state = self.state.lock().unwrap();
+        config.exapp.app_id = Some(state.app_id.clone());
+        config.exapp.app_secret = Some(state.app_secret.clone());
+        config.exapp.nextcloud_url = Some(self.url());
+    }
+
     /// The base URL, `http://127.0.0.1:PORT` (no trailing slash).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
