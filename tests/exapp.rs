@@ -500,7 +500,7 @@ async fn disabling_closes_sockets_1001_and_refuses_upgrades_until_enabled() {
 /// is the file's.
 #[tokio::test]
 async fn hocuspocus_documents_are_opened_by_the_files_permission() {
-    let setup = setup(|_| {}).await;
+    let setup = setup(|config| config.exapp.acl_recheck_secs = 1).await;
     setup.nextcloud.grant("alice", 42, "RGDNVW");
     setup.nextcloud.grant("alice", 43, "RGDNV");
     let mut request = setup.ws_url("").into_client_request().unwrap();
@@ -540,6 +540,34 @@ async fn hocuspocus_documents_are_opened_by_the_files_permission() {
             ),
         ]
     );
+
+    // A revoked file closes its document, not the socket: the other one stays open.
+    setup.nextcloud.revoke("alice", 42);
+    let revoked = loop {
+        let frame = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the revocation in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(frame) = frame
+            && let Some(answer) = auth_answer(&frame)
+        {
+            break answer;
+        }
+    };
+    assert_eq!(
+        revoked,
+        (
+            "file:text/42".to_owned(),
+            1,
+            "permission revoked".to_owned()
+        )
+    );
+    let (status, info) = setup
+        .call(http::Method::GET, "/api/rooms/file:text%2F43", signed(""))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["connections"], 1, "{info}");
 }
 
 /// (document, Auth kind: 1 PermissionDenied or 2 Authenticated, its text) of an Auth frame.
