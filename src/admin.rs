@@ -1,4 +1,4 @@
-//! Admin commands on a stopped server's data directory: export, import, compact, inspect.
+//! Admin commands on a stopped server's store: export, import, compact, inspect, copy.
 //! Inspect also lists deleted rooms (their tombstones); the others refuse a deleted room.
 //!
 //! They open the store directly; sled locks the directory, so while a server holds it they
@@ -14,8 +14,7 @@ use crate::config::{Command, StoreArgs};
 use crate::metrics::Metrics;
 use crate::room::ApplyError;
 use crate::room::{Room, RoomConfig};
-use crate::store::StoreError;
-use crate::store::{RoomStore, SledStore};
+use crate::store::{self, RoomStore, StoreError, StoreSpec};
 
 #[derive(Debug, Error)]
 pub enum AdminError {
@@ -42,6 +41,7 @@ pub enum AdminError {
 pub fn run(command: Command, out: &mut dyn Write) -> Result<(), AdminError> {
     match command {
         Command::Serve(_) => Ok(()),
+        Command::Copy { from, to } => copy(&from, &to, out),
         Command::Export { room, file, store } => {
             let store = open(&store)?;
             let room = load_existing(&store, &room)?;
@@ -143,11 +143,46 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AdminError> {
 }
 
 fn open(args: &StoreArgs) -> Result<Arc<dyn RoomStore>, AdminError> {
-    let store = SledStore::open(&args.data_dir).map_err(|source| AdminError::Open {
-        dir: args.data_dir.display().to_string(),
-        source,
-    })?;
-    Ok(Arc::new(store))
+    open_spec(args.store.as_deref(), &args.data_dir)
+}
+
+fn open_spec(spec: Option<&str>, data_dir: &Path) -> Result<Arc<dyn RoomStore>, AdminError> {
+    let open_error = |dir: String| move |source| AdminError::Open { dir, source };
+    let spec = StoreSpec::parse(spec, data_dir).map_err(open_error(spec.unwrap_or("").into()))?;
+    store::open(&spec).map_err(open_error(spec.describe()))
+}
+
+/// Copies every room of `from` into `to` (merged with what `to` has of it, compacted there)
+/// and every tombstone; reports one line per room.
+fn copy(from: &str, to: &str, out: &mut dyn Write) -> Result<(), AdminError> {
+    let unused = Path::new("");
+    let source = open_spec(Some(from), unused)?;
+    let target = open_spec(Some(to), unused)?;
+    let rooms = source.rooms()?;
+    for name in &rooms {
+        let state = load(&source, name)?.encode_state();
+        if target.deleted_at(name)?.is_some() {
+            writeln!(out, "{name}: deleted in the target, not copied")
+                .map_err(|source| io("stdout", source))?;
+            continue;
+        }
+        let copied = load(&target, name)?;
+        copied.apply_update(&state)?;
+        copied.compact()?;
+        writeln!(out, "{name}: {} bytes", state.len()).map_err(|source| io("stdout", source))?;
+    }
+    let tombstones = source.tombstones()?;
+    for (name, _) in &tombstones {
+        target.delete(name)?;
+    }
+    target.flush()?;
+    writeln!(
+        out,
+        "copied {} rooms and {} deleted rooms",
+        rooms.len(),
+        tombstones.len()
+    )
+    .map_err(|source| io("stdout", source))
 }
 
 fn load(store: &Arc<dyn RoomStore>, room: &str) -> Result<Arc<Room>, AdminError> {

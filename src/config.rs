@@ -59,6 +59,17 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Copy every room (and every deleted room's tombstone) from one store to another, merging
+    /// into rooms the target already has: `--from sled:./ycord-data --to postgres://…` is how
+    /// one machine's rooms move to a shared store. Stopped servers only.
+    Copy {
+        /// The source: `sled:DIR` or `postgres://USER@HOST:PORT/DB[?schema=NAME]`.
+        #[arg(long)]
+        from: String,
+        /// The target, in the same form.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 /// Where the admin commands find the store.
@@ -67,6 +78,10 @@ pub struct StoreArgs {
     /// Directory of the sled store (the same as the server's `--data-dir`).
     #[arg(long, env = "YCORD_DATA_DIR", default_value = "./ycord-data")]
     pub data_dir: PathBuf,
+
+    /// The store, as the server's `--store` names it (overrides `--data-dir`).
+    #[arg(long, env = "YCORD_STORE")]
+    pub store: Option<String>,
 }
 
 /// What the binary was asked to do.
@@ -112,6 +127,12 @@ pub struct ServeConfig {
     /// Directory of the embedded sled store.
     #[arg(long, env = "YCORD_DATA_DIR", default_value = "./ycord-data")]
     pub data_dir: PathBuf,
+
+    /// The store: `sled:DIR` (the default, in `--data-dir`) or
+    /// `postgres://USER@HOST:PORT/DB[?schema=NAME]`, a store several nodes can share (tables
+    /// created and migrated by ycord in schema NAME, default `ycord`).
+    #[arg(long, env = "YCORD_STORE")]
+    pub store: Option<String>,
 
     /// URL path under which rooms live: a client of `ws://host/base/room` joins `room`.
     #[arg(long, env = "YCORD_BASE_PATH", default_value = "/")]

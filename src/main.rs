@@ -11,7 +11,12 @@ use ycord::{Cli, Server};
 async fn main() -> std::process::ExitCode {
     let mut config = match Cli::parse().into_action() {
         Action::Serve(config) => config,
-        Action::Admin(command) => return admin(command),
+        // On a blocking thread: a store may wait for its own I/O (PostgreSQL's runtime).
+        Action::Admin(command) => {
+            return tokio::task::spawn_blocking(move || admin(command))
+                .await
+                .unwrap_or(std::process::ExitCode::FAILURE);
+        }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {

@@ -45,7 +45,7 @@ use crate::limit::ConnectRateLimiter;
 use crate::metrics::Metrics;
 use crate::nextcloud::ExApp;
 use crate::rooms::{RoomLimits, Rooms};
-use crate::store::{RoomStore, SledStore, StoreHealth};
+use crate::store::{RoomStore, StoreHealth, StoreSpec};
 use crate::webhooks::Webhooks;
 pub use request::room_name;
 use shared::{Shared, saturating_usize};
@@ -99,13 +99,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store, binds the listener and starts serving.
+    /// Opens the store (`--store`, or sled in `--data-dir`), binds the listener and starts
+    /// serving.
     pub async fn start(config: ServeConfig) -> Result<Server, ServerError> {
-        let store = SledStore::open(&config.data_dir).map_err(|source| ServerError::OpenStore {
-            dir: config.data_dir.display().to_string(),
-            source,
-        })?;
-        Self::start_with_store(config, Arc::new(store)).await
+        let spec =
+            StoreSpec::parse(config.store.as_deref(), &config.data_dir).map_err(|source| {
+                ServerError::OpenStore {
+                    dir: config.store.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
+        // Connecting to PostgreSQL blocks: not on the runtime's threads.
+        let opening = spec.clone();
+        let store = tokio::task::spawn_blocking(move || crate::store::open(&opening))
+            .await
+            .map_err(|error| ServerError::Task(error.to_string()))?
+            .map_err(|source| ServerError::OpenStore {
+                dir: spec.describe(),
+                source,
+            })?;
+        Self::start_with_store(config, store).await
     }
 
     /// Starts serving on a given store instead of opening `config.data_dir` (tests use a

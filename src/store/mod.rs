@@ -1,32 +1,88 @@
-//! Document storage: the [`RoomStore`] trait and its sled implementation.
+//! Document storage: the [`RoomStore`] trait, its sled implementation (the embedded default)
+//! and its PostgreSQL one (a store several nodes can share), chosen by [`open`].
 //!
 //! A room's stored state is a snapshot (a full v1 update, compressed) plus an append-only log of
 //! the updates applied since. Loading applies the snapshot, then the log in order. Compaction
 //! replaces the snapshot and removes the log entries it covers, in one atomic batch.
 //!
 //! The trait is synchronous: sled's operations are in-memory until flushed, and callers run the
-//! slow ones (load, compaction, flush) on the blocking pool. A shared store (PostgreSQL) can
-//! implement the same trait later.
+//! slow ones (load, compaction, flush) on the blocking pool; the PostgreSQL store's every call
+//! is a round trip, which is why the server calls it only there.
 
 mod failing;
 pub mod health;
+mod postgres_store;
 mod sled_store;
 
 pub use failing::{FailingStore, StoreCall};
 pub use health::{StoreHealth, StoreOp};
+pub use postgres_store::PostgresStore;
 pub use sled_store::{SledStore, encode_log_entry};
 // The key layout, for the fuzz target that plants raw records (`crate::fuzzing`).
 pub(crate) use sled_store::{encode_snapshot, log_key, room_prefix, snapshot_key};
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use thiserror::Error;
+
+/// Which store to use: `--store sled:DIR` or `--store postgres://USER@HOST:PORT/DB` (with an
+/// optional `?schema=NAME`, default `ycord`); without `--store`, sled in `--data-dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sled(PathBuf),
+    Postgres(String),
+}
+
+impl StoreSpec {
+    /// `spec` as given to `--store`, or sled in `data_dir` when there is none.
+    pub fn parse(spec: Option<&str>, data_dir: &Path) -> Result<StoreSpec, StoreError> {
+        match spec {
+            None => Ok(StoreSpec::Sled(data_dir.to_owned())),
+            Some(spec) if spec.starts_with("postgres://") || spec.starts_with("postgresql://") => {
+                Ok(StoreSpec::Postgres(spec.to_owned()))
+            }
+            Some(spec) => match spec.strip_prefix("sled:") {
+                Some(dir) if !dir.is_empty() => Ok(StoreSpec::Sled(PathBuf::from(dir))),
+                _ => Err(StoreError::BadSpec(spec.to_owned())),
+            },
+        }
+    }
+
+    /// Where the store is, for messages (a PostgreSQL URL without its password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreSpec::Sled(dir) => format!("sled:{}", dir.display()),
+            StoreSpec::Postgres(url) => match url.split_once('@') {
+                Some((credentials, rest)) => match credentials.rsplit_once(':') {
+                    Some((user, _password)) if !user.ends_with('/') => format!("{user}:***@{rest}"),
+                    _ => url.clone(),
+                },
+                None => url.clone(),
+            },
+        }
+    }
+}
+
+/// Opens the store `spec` names.
+pub fn open(spec: &StoreSpec) -> Result<Arc<dyn RoomStore>, StoreError> {
+    Ok(match spec {
+        StoreSpec::Sled(dir) => Arc::new(SledStore::open(dir)?),
+        StoreSpec::Postgres(url) => Arc::new(PostgresStore::open(url)?),
+    })
+}
 
 /// A failure of the document store.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("--store {0:?} is neither sled:DIR nor postgres://USER@HOST:PORT/DB")]
+    BadSpec(String),
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("storage task failed: {0}")]

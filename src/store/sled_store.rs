@@ -309,7 +309,7 @@ pub fn encode_log_entry(updates: &[impl AsRef<[u8]>]) -> Vec<u8> {
 
 /// The updates of a log entry. Any framing error makes the whole entry corrupt: a truncated
 /// entry cannot say which of its updates are whole.
-fn decode_log_entry(key: &[u8], value: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+pub(crate) fn decode_log_entry(key: &[u8], value: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     let Some((&LOG_FORMAT, body)) = value.split_first() else {
         return Err(corrupt(key, "log entry has an unknown format"));
     };
