@@ -191,6 +191,14 @@ impl PostgresStore {
         taken
     }
 
+    /// Puts entries that were not written back in the queue, ahead of what was appended
+    /// since.
+    fn requeue(&self, entries: Vec<(String, i64, Vec<u8>)>) {
+        let mut queue = self.lock_queued();
+        let later = std::mem::replace(&mut *queue, entries);
+        queue.extend(later);
+    }
+
     /// Runs `work` on the store's runtime with the pool and the schema, and waits for it.
     fn run<T, F>(&self, work: impl FnOnce(Pool, String) -> F) -> Result<T, StoreError>
     where
@@ -478,11 +486,7 @@ impl RoomStore for PostgresStore {
             Ok(())
         });
         if written.is_err() {
-            // Not written: back in the queue, ahead of what was appended since.
-            let mut queue = self.lock_queued();
-            let later = std::mem::take(&mut *queue);
-            *queue = requeue;
-            queue.extend(later);
+            self.requeue(requeue);
         }
         written
     }
@@ -610,10 +614,7 @@ impl RoomStore for PostgresStore {
         match written {
             Ok(()) => Ok(bytes),
             Err(error) => {
-                let mut queue = self.lock_queued();
-                let later = std::mem::take(&mut *queue);
-                *queue = requeue;
-                queue.extend(later);
+                self.requeue(requeue);
                 Err(error)
             }
         }
