@@ -69,6 +69,28 @@ impl Drop for Schema {
     }
 }
 
+/// Runs `ycord ARGS` to completion, which must succeed; its output.
+async fn ycord(args: &[&str]) -> String {
+    let (status, output) = ycord_bin::run_to_exit(ycord_bin::command(args)).await;
+    assert!(status.success(), "ycord {args:?}: {output}");
+    output
+}
+
+/// The text `text` of a room as the store in `schema` holds it (its snapshot and log).
+async fn stored_text(schema: &Schema, room: &str) -> String {
+    let (url, room) = (schema.url(), room.to_owned());
+    let stored = tokio::task::spawn_blocking(move || {
+        PostgresStore::open(&url).unwrap().load(&room).unwrap()
+    })
+    .await
+    .unwrap();
+    let doc = yrs::Doc::new();
+    for update in stored.snapshot.iter().chain(stored.log.iter()) {
+        ycord_tools::client::apply_update(&doc, update).unwrap();
+    }
+    common::text(&doc, "text")
+}
+
 fn bytes(text: &str) -> Bytes {
     Bytes::from(text.as_bytes().to_vec())
 }
@@ -192,60 +214,24 @@ async fn copy_moves_a_sled_stores_rooms_to_postgresql_where_the_admin_commands_r
     }
     server.stop().await;
     let from = format!("sled:{}", server.data_dir().display());
-    let (status, output) = ycord_bin::run_to_exit(ycord_bin::command([
-        "copy",
-        "--from",
-        &from,
-        "--to",
-        &schema.url(),
-    ]))
-    .await;
-    assert!(status.success(), "{output}");
+    let output = ycord(&["copy", "--from", &from, "--to", &schema.url()]).await;
     assert!(output.contains("copied 2 rooms"), "{output}");
 
-    let (status, listing) =
-        ycord_bin::run_to_exit(ycord_bin::command(["inspect", "--store", &schema.url()])).await;
-    assert!(status.success(), "{listing}");
+    let listing = ycord(&["inspect", "--store", &schema.url()]).await;
     assert!(
         listing.contains("notes\t") && listing.contains("file:text/42\t"),
         "{listing}"
     );
     let exported = tempfile::NamedTempFile::new().unwrap();
     let path = exported.path().to_str().unwrap();
-    let (status, output) = ycord_bin::run_to_exit(ycord_bin::command([
-        "export",
-        "file:text/42",
-        path,
-        "--store",
-        &schema.url(),
-    ]))
-    .await;
-    assert!(status.success(), "{output}");
+    ycord(&["export", "file:text/42", path, "--store", &schema.url()]).await;
     let doc = yrs::Doc::new();
     ycord_tools::client::apply_update(&doc, &std::fs::read(path).unwrap()).unwrap();
     assert_eq!(common::text(&doc, "text"), "a file room");
 
     // Copying again merges: nothing is doubled.
-    let (status, output) = ycord_bin::run_to_exit(ycord_bin::command([
-        "copy",
-        "--from",
-        &from,
-        "--to",
-        &schema.url(),
-    ]))
-    .await;
-    assert!(status.success(), "{output}");
-    let url = schema.url();
-    let room = tokio::task::spawn_blocking(move || {
-        PostgresStore::open(&url).unwrap().load("notes").unwrap()
-    })
-    .await
-    .unwrap();
-    let doc = yrs::Doc::new();
-    for update in room.snapshot.iter().chain(room.log.iter()) {
-        ycord_tools::client::apply_update(&doc, update).unwrap();
-    }
-    assert_eq!(common::text(&doc, "text"), "from sled");
+    ycord(&["copy", "--from", &from, "--to", &schema.url()]).await;
+    assert_eq!(stored_text(&schema, "notes").await, "from sled");
 }
 
 /// More updates than a room keeps unwritten between flushes: the room appends them itself,
@@ -263,15 +249,8 @@ async fn a_burst_of_edits_is_queued_without_blocking_the_sessions_and_written_by
     writer.append_and_wait_echo("!").await;
     writer.close().await;
     server.stop().await;
-    let url = schema.url();
-    let stored = tokio::task::spawn_blocking(move || {
-        PostgresStore::open(&url).unwrap().load("burst").unwrap()
-    })
-    .await
-    .unwrap();
-    let doc = yrs::Doc::new();
-    for update in stored.snapshot.iter().chain(stored.log.iter()) {
-        ycord_tools::client::apply_update(&doc, update).unwrap();
-    }
-    assert_eq!(common::text(&doc, "text"), format!("{}!", "x".repeat(1500)));
+    assert_eq!(
+        stored_text(&schema, "burst").await,
+        format!("{}!", "x".repeat(1500))
+    );
 }

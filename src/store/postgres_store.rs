@@ -283,19 +283,36 @@ async fn begin_write<'a>(
     schema: &str,
     room: &str,
 ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+    let transaction = begin_locked(client, room).await?;
+    if has_tombstone(&transaction, schema, room).await? {
+        return Err(StoreError::RoomDeleted(room.to_owned()));
+    }
+    Ok(transaction)
+}
+
+/// A transaction holding the room's advisory lock.
+async fn begin_locked<'a>(
+    client: &'a mut Connection,
+    room: &str,
+) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
     let transaction = client.transaction().await?;
     lock_room(&transaction, room).await?;
-    let deleted = transaction
+    Ok(transaction)
+}
+
+/// Whether the room has a tombstone.
+async fn has_tombstone(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    room: &str,
+) -> Result<bool, StoreError> {
+    let row = transaction
         .query_opt(
             &format!("SELECT 1 FROM {schema}.tombstones WHERE room = $1"),
             &[&room],
         )
-        .await?
-        .is_some();
-    if deleted {
-        return Err(StoreError::RoomDeleted(room.to_owned()));
-    }
-    Ok(transaction)
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Writes one log entry (rewritten if a failed write round left it).
@@ -497,8 +514,7 @@ impl RoomStore for PostgresStore {
         let room = room.to_owned();
         self.run(|pool, schema| async move {
             let mut client = pool.get().await?;
-            let transaction = client.transaction().await?;
-            lock_room(&transaction, &room).await?;
+            let transaction = begin_locked(&mut client, &room).await?;
             let inserted = transaction
                 .execute(
                     &format!(
@@ -543,8 +559,7 @@ impl RoomStore for PostgresStore {
         let room = room.to_owned();
         self.run(|pool, schema| async move {
             let mut client = pool.get().await?;
-            let transaction = client.transaction().await?;
-            lock_room(&transaction, &room).await?;
+            let transaction = begin_locked(&mut client, &room).await?;
             let removed = transaction
                 .execute(
                     &format!("DELETE FROM {schema}.tombstones WHERE room = $1"),
@@ -595,13 +610,7 @@ impl RoomStore for PostgresStore {
             let mut deleted = std::collections::HashSet::new();
             for room in rooms {
                 lock_room(&transaction, room).await?;
-                let tombstone = transaction
-                    .query_opt(
-                        &format!("SELECT 1 FROM {schema}.tombstones WHERE room = $1"),
-                        &[&room],
-                    )
-                    .await?;
-                if tombstone.is_some() {
+                if has_tombstone(&transaction, &schema, room).await? {
                     deleted.insert(room.to_owned());
                 }
             }
